@@ -1,0 +1,59 @@
+"""sfx-backend: the server behind an AI sound-effects plugin."""
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from .config import PROJECT_ROOT, load_config
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from the environment (or `environ`), with explicit `overrides` on top."""
+    from . import auth as _auth  # noqa: F401 - registers the JWT callbacks
+    from .api import register_blueprints
+    from .errors import register_error_handlers
+    from .extensions import ProblemApi, db, jwt, limiter, migrate
+    from .logs import configure_logging
+    from .queue import CeleryJobQueue, make_celery
+    from .runtime import build_runtime
+
+    settings = load_config(environ)
+    settings.update(overrides or {})
+    Path(settings["INSTANCE_PATH"]).mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, instance_path=settings["INSTANCE_PATH"])
+    app.config.update(settings)
+    app.json.sort_keys = False
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    api = ProblemApi(app)  # one per app: its OpenAPI spec is built from this app's routes
+    register_blueprints(app, api)
+    register_error_handlers(app)
+
+    runtime = build_runtime(app.config)
+    runtime.job_queue = CeleryJobQueue(make_celery(app))
+    app.extensions["sfx"] = runtime
+
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _headers(response):
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    from .cli import register_cli
+    register_cli(app)
+    return app

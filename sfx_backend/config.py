@@ -1,0 +1,184 @@
+"""Configuration: the one place that reads the environment.
+
+`load_config(environ)` turns an environment mapping into a plain dict of settings. Nothing else in
+the code base calls `os.environ`, so tests build an app from an explicit mapping and never have to
+set the process environment before importing anything.
+"""
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# Secrets that must be set outside development; development gets fixed, clearly-marked values so
+# `make demo` works with no configuration, and production refuses to start without real ones.
+_DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed."""
+
+
+def parse_duration(value: str | int) -> timedelta:
+    """'15m' -> 15 minutes; bare numbers are seconds (the `JWT_EXPIRES_IN` style)."""
+    if isinstance(value, int):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 900, 15m, 12h, 30d)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def database_url(raw: str | None, instance: Path) -> str:
+    """The SQLAlchemy URL; plain postgres URLs get the psycopg2 driver this project ships with."""
+    if not raw:
+        return f"sqlite:///{instance / 'sfx.sqlite3'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg2://" + raw[len(prefix):]
+    return raw
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the settings dict for `create_app` from an environment mapping (default: os.environ)."""
+    env = dict(os.environ if environ is None else environ)
+    app_env = env.get("APP_ENV", "development").strip().lower()
+    if app_env not in {"development", "test", "production"}:
+        raise ConfigError("APP_ENV must be development, test or production")
+    instance = Path(env.get("INSTANCE_PATH") or DEFAULT_INSTANCE).resolve()
+
+    redis_url = env.get("REDIS_URL") or None
+    broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://"
+    keys = _csv(env.get("ELEVEN_LABS_API_KEYS"))
+    provider = (env.get("SFX_PROVIDER") or "").strip().lower() or ("elevenlabs" if keys else "synth")
+    if provider not in {"elevenlabs", "synth"}:
+        raise ConfigError("SFX_PROVIDER must be elevenlabs or synth")
+    storage_backend = (env.get("STORAGE_BACKEND") or "local").strip().lower()
+    if storage_backend not in {"local", "s3"}:
+        raise ConfigError("STORAGE_BACKEND must be s3 or local")
+
+    jwt_secret = env.get("JWT_SECRET") or ""
+    if not jwt_secret:
+        if app_env == "production":
+            raise ConfigError("JWT_SECRET is required outside development")
+        jwt_secret = _DEV_JWT_SECRET
+    port = _int(env, "PORT", 3000)
+
+    cfg: dict[str, Any] = {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "test",
+        "INSTANCE_PATH": str(instance),
+        "SECRET_KEY": env.get("SECRET_KEY") or jwt_secret,
+        "LOG_LEVEL": (env.get("LOG_LEVEL") or "info").upper(),
+        "LOG_FORMAT": env.get("LOG_FORMAT") or ("json" if app_env == "production" else "text"),
+        "PORT": port,
+        "API_BASE_URL": (env.get("API_BASE_URL") or f"http://localhost:{port}").rstrip("/"),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
+        # database
+        "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # queue
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_BROKER_DIR": str(instance / "broker"),
+        "CELERY_VISIBILITY_TIMEOUT": _int(env, "CELERY_VISIBILITY_TIMEOUT", 3600),
+        # auth
+        "JWT_SECRET_KEY": jwt_secret,
+        "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
+        "JWT_REFRESH_TOKEN_EXPIRES": parse_duration(env.get("JWT_REFRESH_EXPIRES_IN") or "30d"),
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "JWT_ALGORITHM": "HS256",
+        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        # upstream
+        "ELEVEN_LABS_API_KEYS": keys,
+        "ELEVEN_LABS_BASE_URL": (env.get("ELEVEN_LABS_BASE_URL") or "https://api.elevenlabs.io").rstrip("/"),
+        "ELEVEN_LABS_KEY_CONCURRENCY": _int(env, "ELEVEN_LABS_KEY_CONCURRENCY", 2),
+        "ELEVEN_LABS_CONNECT_TIMEOUT": _float(env, "ELEVEN_LABS_CONNECT_TIMEOUT", 5.0),
+        "ELEVEN_LABS_READ_TIMEOUT": _float(env, "ELEVEN_LABS_READ_TIMEOUT", 240.0),
+        "ELEVEN_LABS_PCM_FORMAT": env.get("ELEVEN_LABS_PCM_FORMAT") or "pcm_44100",
+        "SFX_PROVIDER": provider,
+        "KEY_ENCRYPTION_KEY": _csv(env.get("KEY_ENCRYPTION_KEY")),
+        "MAX_QUEUE_WAIT_SECONDS": _int(env, "MAX_QUEUE_WAIT_SECONDS", 600),
+        "JOB_MAX_ATTEMPTS": _int(env, "JOB_MAX_ATTEMPTS", 5),
+        "JOB_RETRY_BASE_SECONDS": _float(env, "JOB_RETRY_BASE_SECONDS", 2.0),
+        "JOB_RETRY_MAX_SECONDS": _float(env, "JOB_RETRY_MAX_SECONDS", 120.0),
+        "JOB_LEASE_SECONDS": _int(env, "JOB_LEASE_SECONDS", 300),
+        # storage
+        "STORAGE_BACKEND": storage_backend,
+        "LOCAL_STORAGE_PATH": str(Path(env.get("LOCAL_STORAGE_PATH") or instance / "audio").resolve()),
+        "S3_ENDPOINT_URL": env.get("S3_ENDPOINT_URL") or None,
+        "S3_PUBLIC_ENDPOINT_URL": env.get("S3_PUBLIC_ENDPOINT_URL") or None,
+        "S3_BUCKET": env.get("S3_BUCKET") or None,
+        "S3_REGION": env.get("S3_REGION") or "us-east-1",
+        "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or None,
+        "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or None,
+        "DOWNLOAD_URL_TTL_SECONDS": _int(env, "DOWNLOAD_URL_TTL_SECONDS", 900),
+        # plans and billing
+        "TRIAL_GENERATION_LIMIT": _int(env, "TRIAL_GENERATION_LIMIT", 10),
+        "STRIPE_SECRET_KEY": env.get("STRIPE_SECRET_KEY") or None,
+        "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET") or None,
+        "STRIPE_API_BASE": env.get("STRIPE_API_BASE") or None,
+        "STRIPE_PRICE_STARTER": env.get("STRIPE_PRICE_STARTER") or None,
+        "STRIPE_PRICE_PRO": env.get("STRIPE_PRICE_PRO") or None,
+        "STRIPE_PRICE_STUDIO": env.get("STRIPE_PRICE_STUDIO") or None,
+        # email
+        "SMTP_HOST": env.get("SMTP_HOST") or None,
+        "SMTP_PORT": _int(env, "SMTP_PORT", 587),
+        "SMTP_USER": env.get("SMTP_USER") or None,
+        "SMTP_PASS": env.get("SMTP_PASS") or None,
+        "MAIL_FROM": env.get("MAIL_FROM") or "sfx-backend <no-reply@localhost>",
+        # operations
+        "FLOWER_BASIC_AUTH": env.get("FLOWER_BASIC_AUTH") or None,
+        "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
+        "RATELIMIT_STORAGE_URI": redis_url or "memory://",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        # OpenAPI (flask-smorest)
+        "API_TITLE": "sfx-backend",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    }
+    if storage_backend == "s3" and not cfg["S3_BUCKET"]:
+        raise ConfigError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+    return cfg

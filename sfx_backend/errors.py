@@ -1,0 +1,189 @@
+"""One error hierarchy, rendered as RFC 9457 problem+json.
+
+Services raise `DomainError` subclasses; the three handlers registered by `register_error_handlers`
+(domain, HTTP, unexpected) turn every failure into the same JSON shape with a stable `code`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class DomainError(Exception):
+    """Base for every error a client may see; `status` and `code` are part of the contract."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, errors: dict | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class ValidationFailed(DomainError):
+    status, code, title = 422, "validation_error", "Validation failed"
+
+
+class Unauthorized(DomainError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(DomainError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class AccountSuspended(DomainError):
+    status, code, title = 403, "account_suspended", "Account suspended"
+
+
+class NotFound(DomainError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class EmailTaken(DomainError):
+    status, code, title = 409, "email_taken", "Email already registered"
+
+
+class Conflict(DomainError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class JobNotCancelable(DomainError):
+    status, code, title = 409, "job_not_cancelable", "Job can no longer be canceled"
+
+
+class QuotaExceeded(DomainError):
+    status, code, title = 402, "quota_exceeded", "Generation quota exceeded"
+
+
+class IdempotencyConflict(DomainError):
+    status, code, title = 422, "idempotency_conflict", "Idempotency-Key reused with a different request"
+
+
+class RateLimited(DomainError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+class TooManyJobs(DomainError):
+    status, code, title = 429, "too_many_jobs", "Too many jobs in progress"
+
+
+class ServiceUnavailable(DomainError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+# Werkzeug's HTTP errors mapped onto contract codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+def problem(status: int, code: str, title: str, detail: str, *, errors: dict | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail, "code": code}
+    if errors:
+        body["errors"] = errors
+    request_id = getattr(g, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _flatten_messages(messages: Any) -> dict[str, list[str]]:
+    """webargs nests messages by location ({"json": {"field": [...]}}); the contract wants field -> list."""
+    if not isinstance(messages, dict):
+        return {"_schema": [str(messages)]}
+    if set(messages) <= {"json", "query", "headers", "form", "files", "view_args", "path"}:
+        merged: dict[str, Any] = {}
+        for part in messages.values():
+            if isinstance(part, dict):
+                merged.update(part)
+            else:
+                merged.setdefault("_schema", []).extend(part if isinstance(part, list) else [part])
+        messages = merged
+    out: dict[str, list[str]] = {}
+    for field, value in messages.items():
+        if isinstance(value, dict):
+            for sub, sub_value in _flatten_messages(value).items():
+                out[f"{field}.{sub}"] = sub_value
+        elif isinstance(value, list):
+            out[str(field)] = [str(v) for v in value]
+        else:
+            out[str(field)] = [str(value)]
+    return out
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    """Render werkzeug/flask-smorest HTTP errors (404, 405, 413, webargs 422/400) as problems."""
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, "error")
+    data = getattr(exc, "data", None) or {}
+    messages = data.get("messages")
+    headers = dict(data.get("headers") or {})
+    if status == 422 and messages:
+        return problem(422, "validation_error", "Validation failed",
+                       "The request did not pass validation; see `errors`.",
+                       errors=_flatten_messages(messages), headers=headers)
+    if status == 400 and messages:
+        return problem(400, "bad_request", "Bad request", "The request body is not valid JSON.",
+                       errors=_flatten_messages(messages), headers=headers)
+    title = exc.name or "Error"
+    detail = exc.description or title
+    if status == 404:
+        detail = "No such resource."
+    elif status == 405:
+        detail = "This method is not allowed on this route."
+        valid_methods = getattr(exc, "valid_methods", None)
+        if valid_methods:
+            headers["Allow"] = ", ".join(valid_methods)
+    elif status == 413:
+        detail = "The request body is larger than this API accepts."
+    return problem(status, code, title, detail, headers=headers)
+
+
+def handle_domain_error(exc: DomainError) -> Response:
+    """Render a DomainError."""
+    return problem(exc.status, exc.code, exc.title, exc.detail, errors=exc.errors, headers=exc.headers)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    """Log with the request id, answer a bare 500: no trace, SQL or secret leaves the process."""
+    if isinstance(exc, HTTPException):
+        return handle_http_exception(exc)
+    log.exception("unhandled error", extra={"event": "unhandled_error"})
+    return problem(500, "internal_error", "Internal server error",
+                   "Something went wrong on our side. Quote the request id when reporting it.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the three handlers; HTTP errors are also routed here by our flask-smorest Api."""
+    app.register_error_handler(DomainError, handle_domain_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,71 @@
+"""What every sound provider speaks: one request in, audio bytes (or a classified error) out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SoundRequest:
+    """One generation as the plugin asked for it."""
+
+    prompt: str
+    duration_seconds: float | None = None
+    prompt_influence: float = 0.3
+    loop: bool = False
+    output_format: str = "mp3"  # "mp3" | "wav"
+
+
+@dataclass(frozen=True)
+class GeneratedAudio:
+    """Audio ready to store: bytes in the requested container, plus what the upstream reported."""
+
+    data: bytes
+    content_type: str  # "audio/mpeg" | "audio/wav"
+    extension: str  # "mp3" | "wav"
+    upstream_cost: int | None = None  # ElevenLabs `character-cost` header, in credits
+    upstream_request_id: str | None = None
+    http_status: int | None = None
+    latency_ms: int | None = None
+
+
+class FailureKind(str, Enum):
+    """How the pipeline must react to an upstream failure (see docs/key-pool.md)."""
+
+    KEY_INVALID = "key_invalid"  # 401 invalid_api_key / detected_unusual_activity / missing_permissions: disable key
+    KEY_QUOTA = "key_quota"  # 401/402 quota_exceeded: park key until its credits reset
+    KEY_CONCURRENCY = "key_concurrency"  # 429 too_many_concurrent_requests: try another key now
+    UPSTREAM_BUSY = "upstream_busy"  # 429 system_busy / rate_limit_exceeded: back off
+    REJECTED = "rejected"  # 400/422: our request is wrong, fail the job, no retry
+    TRANSIENT = "transient"  # 5xx, timeouts, connection errors: retry with backoff
+
+
+@dataclass
+class ProviderError(Exception):
+    """An upstream call that did not produce audio, classified for the retry and key-health logic."""
+
+    kind: FailureKind
+    message: str
+    http_status: int | None = None
+    upstream_code: str | None = None
+    retry_after: float | None = None  # seconds, from a Retry-After header when present
+    latency_ms: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.upstream_code or self.http_status}: {self.message}"
+
+
+class SoundProvider(Protocol):
+    """A source of audio. `needs_key` tells the pipeline whether to lease an upstream key first."""
+
+    name: str
+    needs_key: bool
+
+    def generate(self, request: SoundRequest, api_key: str | None = None) -> GeneratedAudio:
+        """Produce audio for `request` or raise ProviderError."""
+        ...
