@@ -1,7 +1,7 @@
 """What every sound provider speaks: one request in, audio bytes (or a classified error) out."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Protocol
 
@@ -55,6 +55,11 @@ class ProviderError(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple:
+        # Exception pickles as cls(*args) and args is only (message,), which cannot rebuild this
+        # class; Celery and copy.copy both go through pickling, so rebuild from every field.
+        return (self.__class__, tuple(getattr(self, f.name) for f in fields(self)))
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.upstream_code or self.http_status}: {self.message}"

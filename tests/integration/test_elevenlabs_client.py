@@ -1,0 +1,290 @@
+"""ElevenLabsClient against the fake upstream: the wire format, and how failures are classified."""
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import threading
+import time
+import wave
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Iterator
+
+import pytest
+
+from sfx_backend.providers.audio import looks_like_mp3, mp3_duration_seconds
+from sfx_backend.providers.base import FailureKind, ProviderError, SoundRequest
+from sfx_backend.providers.elevenlabs import ElevenLabsClient, classify_error, parse_retry_after
+from tests.support.fake_elevenlabs import FakeElevenLabs
+
+KEY = "sk_" + "a1b2c3d4" * 6  # shaped like a real key so leak checks are meaningful
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeElevenLabs]:
+    with FakeElevenLabs(keys={KEY: 5}) as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeElevenLabs) -> Iterator[ElevenLabsClient]:
+    with ElevenLabsClient(base_url=fake.url, connect_timeout=2, read_timeout=10) as c:
+        yield c
+
+
+def _fail(
+    client: ElevenLabsClient, request: SoundRequest | None = None, key: str = KEY
+) -> ProviderError:
+    """The ProviderError a generation raises (fails the test if it succeeds)."""
+    with pytest.raises(ProviderError) as info:
+        client.generate(request or SoundRequest("door slam", 1.0), key)
+    return info.value
+
+
+def test_mp3_generation_returns_mpeg_audio_with_cost_and_request_id(client, fake):
+    audio = client.generate(SoundRequest("glass shatter", 2.0), KEY)
+    assert looks_like_mp3(audio.data)
+    assert abs(mp3_duration_seconds(audio.data) - 2.0) < 0.1
+    assert (audio.content_type, audio.extension) == ("audio/mpeg", "mp3")
+    assert audio.upstream_cost == 80  # the fake charges 40 credits per second
+    assert audio.upstream_request_id and len(audio.upstream_request_id) == 32
+    assert audio.http_status == 200
+    assert audio.latency_ms is not None and audio.latency_ms >= 0
+    assert fake.key_state(KEY).used == 80
+
+
+def test_wav_generation_wraps_upstream_pcm_in_a_readable_riff_at_the_pcm_rate(client, fake):
+    audio = client.generate(SoundRequest("rain on a tin roof", 1.5, output_format="wav"), KEY)
+    assert (audio.content_type, audio.extension) == ("audio/wav", "wav")
+    assert audio.data[:4] == b"RIFF"
+    with wave.open(io.BytesIO(audio.data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (44100, 1, 2)
+        assert w.getnframes() == int(1.5 * 44100)
+    assert fake.last_request.query["output_format"] == "pcm_44100"
+
+
+def test_wav_sample_rate_follows_the_configured_pcm_format(fake):
+    with ElevenLabsClient(base_url=fake.url, pcm_format="pcm_16000") as c:
+        audio = c.generate(SoundRequest("beep", 1.0, output_format="wav"), KEY)
+    with wave.open(io.BytesIO(audio.data)) as w:
+        assert (w.getframerate(), w.getnframes()) == (16000, 16000)
+    assert fake.last_request.query["output_format"] == "pcm_16000"
+
+
+def test_request_carries_key_header_format_query_and_json_body(client, fake):
+    client.generate(SoundRequest("wind howl", 3.5, prompt_influence=0.7, loop=True), KEY)
+    sent = fake.last_request
+    assert (sent.method, sent.path) == ("POST", "/v1/sound-generation")
+    assert sent.query == {"output_format": "mp3_44100_128"}
+    assert sent.headers["xi-api-key"] == KEY
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.json == {
+        "text": "wind howl",
+        "duration_seconds": 3.5,
+        "prompt_influence": 0.7,
+        "loop": True,
+        "model_id": "eleven_text_to_sound_v2",
+    }
+
+
+def test_auto_duration_is_left_out_of_the_body_so_upstream_chooses(client, fake):
+    audio = client.generate(SoundRequest("thunder"), KEY)
+    assert "duration_seconds" not in fake.last_request.json
+    assert audio.upstream_cost == 200  # the fake's flat price for an auto-length sound
+
+
+def test_unknown_key_is_classified_key_invalid(client):
+    err = _fail(client, key="sk_" + "f" * 48)
+    assert (err.kind, err.http_status) == (FailureKind.KEY_INVALID, 401)
+    assert err.upstream_code == "invalid_api_key"
+    assert err.extra["upstream_request_id"]
+
+
+def test_key_out_of_credits_is_classified_key_quota(client, fake):
+    fake.set_key(KEY, credits=50)
+    err = _fail(client, SoundRequest("explosion", 2.0))  # costs 80
+    assert (err.kind, err.http_status) == (FailureKind.KEY_QUOTA, 401)
+    assert err.upstream_code == "quota_exceeded"
+
+
+def test_concurrency_limit_answers_429_too_many_concurrent_requests(fake):
+    fake.set_key(KEY, concurrency=2)
+    fake.latency = 0.8  # long enough that all callers overlap even on a busy machine
+    callers = 5
+    barrier = threading.Barrier(callers)
+    results: list[object] = []
+
+    def call() -> None:
+        with ElevenLabsClient(base_url=fake.url) as c:
+            barrier.wait()
+            try:
+                results.append(c.generate(SoundRequest("click", 0.5), KEY))
+            except ProviderError as exc:
+                results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    errors = [r for r in results if isinstance(r, ProviderError)]
+    assert len(results) == callers
+    assert 1 <= len(errors) <= callers - 1
+    assert {(e.kind, e.http_status, e.upstream_code) for e in errors} == {
+        (FailureKind.KEY_CONCURRENCY, 429, "too_many_concurrent_requests")
+    }
+    assert fake.rejected_429 == len(errors)
+    assert fake.max_in_flight[KEY] > 2
+
+
+def test_system_busy_429_is_upstream_busy_and_honours_retry_after_seconds(client, fake):
+    fake.script(KEY, [("error", 429, "system_busy", {"Retry-After": "3"})])
+    err = _fail(client)
+    assert (err.kind, err.http_status) == (FailureKind.UPSTREAM_BUSY, 429)
+    assert err.upstream_code == "system_busy"
+    assert err.retry_after == 3.0
+
+
+def test_retry_after_as_an_http_date_becomes_seconds_from_now(client, fake):
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    fake.script(KEY, [("error", 429, "rate_limit_exceeded", {"Retry-After": when})])
+    err = _fail(client)
+    assert err.kind is FailureKind.UPSTREAM_BUSY
+    assert 27 <= err.retry_after <= 30
+
+
+def test_validation_422_list_body_is_rejected_with_the_field_messages(client, fake):
+    err = _fail(client, SoundRequest("too long", 45.0))  # upstream caps at 30 s
+    assert (err.kind, err.http_status) == (FailureKind.REJECTED, 422)
+    assert "duration_seconds" in err.message and "between 0.5 and 30" in err.message
+    assert fake.key_state(KEY).used == 0
+
+
+def test_server_error_with_a_non_json_body_is_transient(client, fake):
+    fake.script(KEY, [("status", 500, "<html>Internal Server Error</html>")])
+    err = _fail(client)
+    assert (err.kind, err.http_status) == (FailureKind.TRANSIENT, 500)
+    assert "Internal Server Error" in err.message
+
+
+@pytest.mark.parametrize(
+    ("step", "kind"),
+    [
+        (("error", 401, "detected_unusual_activity"), FailureKind.KEY_INVALID),
+        (("error", 401, "missing_permissions"), FailureKind.KEY_INVALID),
+        (("error", 403, "something_new"), FailureKind.KEY_INVALID),
+        (("error", 401, "quota_exceeded"), FailureKind.KEY_QUOTA),
+        (("error", 402, "quota_exceeded"), FailureKind.KEY_QUOTA),
+        (("error", 429, "concurrent_limit_exceeded"), FailureKind.KEY_CONCURRENCY),
+        (("error", 429, "never_heard_of_it"), FailureKind.UPSTREAM_BUSY),
+        (("error", 400, "invalid_request"), FailureKind.REJECTED),
+        (("error", 503, "service_unavailable"), FailureKind.TRANSIENT),
+        (("error_v2", 401, "quota_exceeded"), FailureKind.KEY_QUOTA),
+        (("error_v2", 429, "too_many_concurrent_requests"), FailureKind.KEY_CONCURRENCY),
+        (("validation", "field required"), FailureKind.REJECTED),
+    ],
+)
+def test_each_upstream_error_maps_to_its_failure_kind(client, fake, step, kind):
+    fake.script(KEY, [step])
+    err = _fail(client)
+    assert err.kind is kind
+    if step[0].startswith("error"):
+        # error_v2 bodies carry a generic `status`, so this proves `code` is read first.
+        assert err.upstream_code == step[2]
+
+
+def test_slow_response_past_the_read_timeout_is_transient(fake):
+    fake.script(KEY, [("slow", 5.0)])
+    started = time.monotonic()
+    with ElevenLabsClient(base_url=fake.url, read_timeout=0.3) as c:
+        err = _fail(c)
+    assert time.monotonic() - started < 2
+    assert (err.kind, err.upstream_code) == (FailureKind.TRANSIENT, "read_timeout")
+    assert err.http_status is None
+
+
+def test_connection_refused_is_transient():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    with ElevenLabsClient(base_url=f"http://127.0.0.1:{port}", connect_timeout=1) as c:
+        err = _fail(c)
+    assert (err.kind, err.upstream_code) == (FailureKind.TRANSIENT, "connection_error")
+
+
+def test_upstream_hanging_up_without_an_answer_is_transient(client, fake):
+    fake.script(KEY, [("drop",)])
+    assert _fail(client).kind is FailureKind.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("body", "code"), [(b"", "empty_body"), ({"detail": "maintenance"}, "not_audio")]
+)
+def test_a_200_without_audio_is_transient(client, fake, body, code):
+    fake.script(KEY, [("status", 200, body)])
+    err = _fail(client)
+    assert (err.kind, err.http_status, err.upstream_code) == (FailureKind.TRANSIENT, 200, code)
+
+
+def test_trace_id_is_used_when_request_id_is_missing_and_bad_cost_becomes_none(client, fake):
+    mp3 = client.generate(SoundRequest("pop", 0.5), KEY).data
+    headers = {"x-trace-id": "trace-123", "character-cost": "lots", "Content-Type": "audio/mpeg"}
+    fake.script(KEY, [("status", 200, mp3, headers)])
+    audio = client.generate(SoundRequest("pop", 0.5), KEY)
+    assert audio.data == mp3
+    assert (audio.upstream_request_id, audio.upstream_cost) == ("trace-123", None)
+
+
+def test_unsupported_output_format_is_rejected_without_calling_upstream(client, fake):
+    err = _fail(client, SoundRequest("pop", 1.0, output_format="ogg"))
+    assert err.kind is FailureKind.REJECTED
+    assert fake.calls == 0
+
+
+def test_get_subscription_returns_the_account_of_a_known_key(client, fake):
+    fake.set_key(KEY, credits=10_000, used=2_500, tier="pro")
+    sub = client.get_subscription(KEY)
+    assert (sub["tier"], sub["character_count"], sub["character_limit"]) == ("pro", 2500, 10_000)
+    assert sub["next_character_count_reset_unix"] > 0
+    assert fake.last_request.headers["xi-api-key"] == KEY
+
+
+def test_get_subscription_of_an_unknown_key_raises_key_invalid(client):
+    with pytest.raises(ProviderError) as info:
+        client.get_subscription("sk_" + "0" * 48)
+    assert (info.value.kind, info.value.http_status) == (FailureKind.KEY_INVALID, 401)
+
+
+def test_api_key_never_appears_in_error_str_or_repr(client, fake):
+    fake.script(KEY, [
+        ("status", 401, f"key {KEY} is not valid"),
+        ("error", 429, "system_busy"),
+        ("slow", 3.0),
+    ])
+    errors = [_fail(client), _fail(client)]
+    with ElevenLabsClient(base_url=fake.url, read_timeout=0.2) as slow:
+        errors.append(_fail(slow))
+    errors.append(_fail(client, key=KEY[:-1] + "z"))
+    assert errors[0].kind is FailureKind.KEY_INVALID
+    for err in errors:
+        for text in (str(err), repr(err), err.message):
+            assert KEY not in text and KEY[:-1] not in text
+
+
+def test_classify_error_reads_headers_case_insensitively_and_ignores_garbage_retry_after():
+    err = classify_error(429, b'{"detail": {"status": "system_busy"}}', {"retry-after": "7"})
+    assert err.retry_after == 7.0
+    assert classify_error(429, b"", {"Retry-After": "soon"}).retry_after is None
+    assert parse_retry_after("-5") == 0.0
+
+
+def test_classified_errors_survive_pickling_as_celery_does_with_task_exceptions(client, fake):
+    fake.script(KEY, [("error", 429, "system_busy", {"Retry-After": "4"})])
+    err = _fail(client)
+    copy = pickle.loads(pickle.dumps(err))
+    assert isinstance(copy, ProviderError)
+    assert (copy.kind, copy.http_status, copy.upstream_code, copy.retry_after) == (
+        FailureKind.UPSTREAM_BUSY, 429, "system_busy", 4.0
+    )
+    assert str(copy) == str(err)
