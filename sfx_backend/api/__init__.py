@@ -1,0 +1,15 @@
+"""HTTP layer: blueprints parse, call a service, commit, enqueue, serialise."""
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+
+def register_blueprints(app: Flask, api: Api) -> None:
+    from . import auth, files, health, jobs, usage, users
+
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    for module in (auth, users, jobs, usage, health):
+        api.register_blueprint(module.blp)
+    app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API

@@ -1,0 +1,54 @@
+"""GET /health (the process answers) and GET /health/ready (its dependencies answer)."""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from flask import current_app
+from flask_smorest import Blueprint
+
+from ..extensions import db
+from ..runtime import runtime
+from .schemas import HealthSchema
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("health", __name__, url_prefix="/health", description="Liveness and readiness")
+
+
+@blp.route("", methods=["GET"])
+@blp.response(200, HealthSchema)
+def health():
+    """The process is up."""
+    return {"status": "ok", "checks": {}}
+
+
+def _check_broker() -> None:
+    celery = current_app.extensions.get("celery")
+    if celery is None:
+        raise RuntimeError("no broker configured")
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+@blp.route("/ready", methods=["GET"])
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, schema=HealthSchema, description="At least one dependency failed; `checks` says which.")
+def ready():
+    """Database, broker and storage each answer (503 naming the one that does not)."""
+    checks = {}
+    probes = {
+        "database": lambda: db.session.execute(sa.text("SELECT 1")),
+        "broker": _check_broker,
+        "storage": lambda: runtime().storage.check(),
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
+            log.warning("readiness check failed", extra={"event": "not_ready", "check": name,
+                                                         "error": type(exc).__name__})
+            checks[name] = "failed"
+    healthy = all(v == "ok" for v in checks.values())
+    return {"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503

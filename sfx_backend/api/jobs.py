@@ -1,0 +1,163 @@
+"""Generation jobs: submit (POST /usage/generate, alias POST /jobs), poll, list, download, cancel."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import current_app, g, redirect, request
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from ..errors import NotFound, ValidationFailed
+from ..extensions import db
+from ..models import Job, JobStatus
+from ..runtime import runtime
+from ..services.jobs import GenerationParams, JobService
+from .common import BEARER, problem_responses
+from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("jobs", __name__, description="Sound generation jobs")
+
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Any string up to 255 characters. The same key from the same user within 24 h "
+                   "returns the original job and charges nothing more.",
+    "schema": {"type": "string", "maxLength": 255},
+}
+
+
+def _service() -> JobService:
+    rt = runtime()
+    return JobService(db.session, rt.clock, current_app.config["TRIAL_GENERATION_LIMIT"])
+
+
+def serialize_job(job: Job) -> dict:
+    """The contract's job object; `audio.url` is a fresh expiring URL on every read."""
+    audio = None
+    if job.status == JobStatus.SUCCEEDED and job.storage_key:
+        link = _download_url(job)
+        audio = {"url": link.url, "expires_at": link.expires_at, "content_type": job.content_type,
+                 "size_bytes": job.size_bytes}
+    return {
+        "id": job.id, "status": job.status.value, "prompt": job.prompt,
+        "duration_seconds": job.duration_seconds, "prompt_influence": job.prompt_influence,
+        "loop": job.loop, "output_format": job.output_format.value, "provider": job.provider,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "queue_reason": job.queue_reason if job.status == JobStatus.QUEUED else None,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "audio": audio,
+    }
+
+
+def _download_url(job: Job):
+    ext = job.output_format.value
+    return runtime().storage.download_url(
+        job.storage_key, filename=f"sfx-{str(job.id)[:8]}.{ext}", content_type=job.content_type,
+        ttl_seconds=current_app.config["DOWNLOAD_URL_TTL_SECONDS"])
+
+
+def _submit(body: dict):
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key.strip()) <= 255):
+        raise ValidationFailed("Idempotency-Key must be 1 to 255 characters.",
+                               errors={"Idempotency-Key": ["Must be 1 to 255 characters."]})
+    params = GenerationParams(prompt=body["prompt"], duration_seconds=body["duration_seconds"],
+                              prompt_influence=body["prompt_influence"], loop=body["loop"],
+                              output_format=body["output_format"])
+    job, created = _service().submit(current_user, params, key.strip() if key else None,
+                                     getattr(g, "request_id", None))
+    db.session.commit()
+    if created:
+        _enqueue(job)
+    status = 202 if created or not job.is_finished else 200
+    return serialize_job(job), status, {"Location": f"/jobs/{job.id}"}
+
+
+def _enqueue(job: Job) -> None:
+    """After the commit. If the broker is down the job stays queued and the sweeper re-sends it."""
+    queue = runtime().job_queue
+    try:
+        queue.enqueue_generation(str(job.id))
+    except Exception:  # noqa: BLE001 - the job row is safe; losing the message must not fail the request
+        log.exception("enqueue failed; the job waits for the sweeper",
+                      extra={"event": "enqueue_failed", "job_id": str(job.id)})
+
+
+_SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
+
+
+@blp.route("/usage/generate", methods=["POST"])
+@jwt_required()
+@blp.arguments(GenerateSchema)
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
+@blp.doc(**_SUBMIT_DOC)
+@problem_responses(blp, 400, 401, 402, 403, 422, 429)
+def generate(body):
+    """Submit a generation: reserves one unit of quota and queues a job. Poll `Location`."""
+    return _submit(body)
+
+
+@blp.route("/jobs", methods=["POST"])
+@jwt_required()
+@blp.arguments(GenerateSchema)
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
+@blp.doc(**_SUBMIT_DOC)
+@problem_responses(blp, 400, 401, 402, 403, 422, 429)
+def create_job(body):
+    """Alias of POST /usage/generate."""
+    return _submit(body)
+
+
+@blp.route("/jobs", methods=["GET"])
+@jwt_required()
+@blp.arguments(JobListQuerySchema, location="query")
+@blp.response(200, JobPageSchema)
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 422)
+def list_jobs(query):
+    """The caller's jobs, newest first."""
+    items, total = _service().list(current_user.id, query["page"], query["per_page"], query["status"])
+    return {"items": [serialize_job(j) for j in items], "page": query["page"],
+            "per_page": query["per_page"], "total": total}
+
+
+@blp.route("/jobs/<uuid:job_id>", methods=["GET"])
+@jwt_required()
+@blp.response(200, JobSchema)
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 404)
+def get_job(job_id: uuid.UUID):
+    """One job (only its owner sees it)."""
+    return serialize_job(_service().get(current_user.id, job_id))
+
+
+@blp.route("/jobs/<uuid:job_id>/audio", methods=["GET"])
+@jwt_required()
+@blp.response(302, description="Redirect to a fresh expiring download URL.")
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 404, 409)
+def get_audio(job_id: uuid.UUID):
+    """Redirect to the job's audio."""
+    job = _service().get(current_user.id, job_id)
+    if job.status != JobStatus.SUCCEEDED or not job.storage_key:
+        raise NotFound(f"The job is {job.status.value}; it has no audio yet.")
+    response = redirect(_download_url(job).url, code=302)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blp.route("/jobs/<uuid:job_id>/cancel", methods=["POST"])
+@jwt_required()
+@blp.response(200, JobSchema)
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 404, 409)
+def cancel_job(job_id: uuid.UUID):
+    """Cancel a job that has not started; its unit of quota is given back."""
+    job = _service().cancel(current_user.id, job_id)
+    db.session.commit()
+    return serialize_job(job)

@@ -1,0 +1,135 @@
+"""Request and response schemas (marshmallow); they are also the OpenAPI description."""
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+
+def not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank.")
+
+
+class ProblemSchema(Schema):
+    type = fields.String(metadata={"example": "about:blank"})
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    code = fields.String(metadata={"description": "Stable, machine-readable error code."})
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    request_id = fields.String()
+
+
+class UserSchema(Schema):
+    id = fields.UUID()
+    email = fields.Email()
+    first_name = fields.String(allow_none=True)
+    last_name = fields.String(allow_none=True)
+    status = fields.Function(lambda u: u.status.value)
+    role = fields.Function(lambda u: u.role.value)
+    created_at = fields.DateTime()
+
+
+class RegisterSchema(Schema):
+    email = fields.Email(required=True, validate=validate.Length(max=255))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=10, max=1024))
+    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+
+
+class LoginSchema(Schema):
+    email = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+
+
+class TokenPairSchema(Schema):
+    access_token = fields.String()
+    refresh_token = fields.String()
+
+
+class AuthResultSchema(TokenPairSchema):
+    user = fields.Nested(UserSchema)
+
+
+class VerifySchema(Schema):
+    valid = fields.Boolean()
+    user = fields.Nested(UserSchema)
+
+
+class MessageSchema(Schema):
+    message = fields.String()
+
+
+class GenerateSchema(Schema):
+    prompt = fields.String(required=True, validate=[validate.Length(min=1, max=1000), not_blank],
+                           metadata={"example": "heavy wooden door slam, reverb tail"})
+    duration_seconds = fields.Float(load_default=None, allow_none=True, validate=validate.Range(0.5, 30),
+                                    metadata={"description": "0.5 to 30; null lets the model choose."})
+    prompt_influence = fields.Float(load_default=0.3, validate=validate.Range(0, 1))
+    loop = fields.Boolean(load_default=False)
+    output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav"]))
+
+
+class JobErrorSchema(Schema):
+    code = fields.String()
+    message = fields.String()
+
+
+class AudioSchema(Schema):
+    url = fields.String(metadata={"description": "Expiring download URL (presigned)."})
+    expires_at = fields.DateTime()
+    content_type = fields.String()
+    size_bytes = fields.Integer()
+
+
+class JobSchema(Schema):
+    id = fields.UUID()
+    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "failed", "canceled"]})
+    prompt = fields.String()
+    duration_seconds = fields.Float(allow_none=True)
+    prompt_influence = fields.Float()
+    loop = fields.Boolean()
+    output_format = fields.String()
+    provider = fields.String(allow_none=True, metadata={
+        "description": "What made the audio: `elevenlabs` (AI), or `synth`, an offline procedural "
+                       "placeholder for development that is not AI."})
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    attempts = fields.Integer()
+    queue_reason = fields.String(allow_none=True)
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    audio = fields.Nested(AudioSchema, allow_none=True)
+
+
+class PageQuerySchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100000))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class JobListQuerySchema(PageQuerySchema):
+    status = fields.String(load_default=None,
+                           validate=validate.OneOf(["queued", "running", "succeeded", "failed", "canceled"]))
+
+
+class JobPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+
+
+class UsageCurrentSchema(Schema):
+    period_start = fields.DateTime()
+    period_end = fields.DateTime()
+    plan = fields.String()
+    monthly_limit = fields.Integer()
+    used = fields.Integer()
+    reserved = fields.Integer()
+    remaining = fields.Integer()
+    overage_count = fields.Integer()
+    overage_allowed = fields.Boolean()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    checks = fields.Dict(keys=fields.String(), values=fields.String())

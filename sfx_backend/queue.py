@@ -1,0 +1,64 @@
+"""Celery wiring: one Celery app per Flask app, configured from the same settings."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from celery import Celery, Task
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+GENERATE_TASK = "sfx.jobs.generate"
+
+
+def make_celery(app: Flask) -> Celery:
+    """A Celery app whose tasks run inside the Flask app context."""
+    cfg = app.config
+
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.import_name, task_cls=FlaskTask)
+    broker = cfg["CELERY_BROKER_URL"]
+    transport_options: dict = {"visibility_timeout": cfg["CELERY_VISIBILITY_TIMEOUT"]}
+    if broker.startswith("filesystem://"):
+        # Embedded broker: messages are files in the instance folder; poll often so the demo is snappy.
+        folder = Path(cfg["CELERY_BROKER_DIR"])
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                             "processed_folder": str(folder / "processed"), "store_processed": False,
+                             "polling_interval": 0.05}
+    celery.conf.update(
+        broker_url=broker,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,  # nobody reads task results: the job row is the result
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5,
+                                   "interval_max": 1.0},
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+    )
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery
+
+
+class CeleryJobQueue:
+    """Sends jobs by task name, so the API never imports worker code."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
+        self.celery.send_task(GENERATE_TASK, args=[job_id], countdown=countdown)

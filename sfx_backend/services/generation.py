@@ -1,0 +1,235 @@
+"""The worker side of the pipeline: run one job from `queued` to a final state.
+
+`GenerationRunner.run(job_id)` is safe to call any number of times for the same job: it claims the
+job with a conditional UPDATE (queued, or running with an expired lease), does nothing for a missing
+or finished job, and settles or refunds the quota unit exactly once (see services/quota.py).
+It commits at each step, because other workers and the API read these rows while the call runs.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..models import ApiUsage, Job, JobAttempt, JobStatus
+from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
+from ..storage.base import Storage, StorageError
+from . import quota
+from .key_pool import KeyPool, LeasedKey
+
+log = logging.getLogger(__name__)
+
+KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 120.0
+    lease_seconds: int = 300
+    max_queue_wait_seconds: int = 600
+    capacity_poll_seconds: float = 5.0
+    storage_tries: int = 3
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the task should do next: nothing, or run again after `delay` seconds."""
+
+    action: str  # "done" | "retry"
+    delay: float = 0.0
+    status: str | None = None
+
+    @classmethod
+    def done(cls, status: str | None = None) -> "RunResult":
+        return cls("done", 0.0, status)
+
+
+def storage_key_for(job: Job, extension: str) -> str:
+    """Deterministic object key: a retried upload overwrites, never duplicates."""
+    return f"audio/{job.user_id}/{job.id}.{extension}"
+
+
+class GenerationRunner:
+    def __init__(self, session: Session, provider: SoundProvider, storage: Storage,
+                 key_pool: KeyPool | None, clock: Callable[[], datetime],
+                 settings: RunnerSettings = RunnerSettings(),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.session = session
+        self.provider = provider
+        self.storage = storage
+        self.key_pool = key_pool
+        self.clock = clock
+        self.settings = settings
+        self.sleep = sleep
+
+    # -- the one public step ---------------------------------------------------------------------
+    def run(self, job_id: uuid.UUID) -> RunResult:
+        """Take the job as far as it can go in this delivery."""
+        job = self._claim(job_id)
+        if job is None:
+            return RunResult.done()
+        extra = {"job_id": str(job.id), "user_id": str(job.user_id), "request_id": job.request_id}
+        tried: set[uuid.UUID] = set()
+        while True:
+            key: LeasedKey | None = None
+            if self.provider.needs_key:
+                key = self.key_pool.acquire(exclude=tried) if self.key_pool else None
+                self.session.commit()  # release the row lock before the slow call
+                if key is None:
+                    return self._no_capacity(job, extra)
+            try:
+                audio = self.provider.generate(self._request(job), api_key=key.secret if key else None)
+            except ProviderError as error:
+                result = self._after_failure(job, key, error, tried, extra)
+                if result is not None:
+                    return result
+                continue
+            self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost,
+                                 audio.latency_ms)
+            if key is not None:
+                self.key_pool.report_success(key.id)
+            self.session.commit()
+            return self._store_and_finish(job, key, audio, extra)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _claim(self, job_id: uuid.UUID) -> Job | None:
+        now = self.clock()
+        claimable = sa.or_(Job.status == JobStatus.QUEUED,
+                           sa.and_(Job.status == JobStatus.RUNNING, Job.lease_until < now))
+        claimed = self.session.execute(
+            sa.update(Job).where(Job.id == job_id, claimable)
+            .values(status=JobStatus.RUNNING, started_at=sa.func.coalesce(Job.started_at, now),
+                    lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                    queue_reason=None, provider=self.provider.name, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        self.session.commit()
+        if claimed != 1:
+            log.info("job not claimable, nothing to do", extra={"event": "job_skip", "job_id": str(job_id)})
+            return None
+        job = self.session.get(Job, job_id)
+        self.session.refresh(job)
+        log.info("job started", extra={"event": "job_started", "job_id": str(job.id),
+                                       "user_id": str(job.user_id), "request_id": job.request_id})
+        return job
+
+    @staticmethod
+    def _request(job: Job) -> SoundRequest:
+        return SoundRequest(prompt=job.prompt, duration_seconds=job.duration_seconds,
+                            prompt_influence=job.prompt_influence, loop=job.loop,
+                            output_format=job.output_format.value)
+
+    def _after_failure(self, job: Job, key: LeasedKey | None, error: ProviderError,
+                       tried: set[uuid.UUID], extra: dict) -> RunResult | None:
+        """Record and classify a failed call; None means: try again now on another key."""
+        self._record_attempt(job, key, error.kind.value, error.http_status, error.upstream_code, None,
+                             error.latency_ms)
+        if key is not None:
+            self.key_pool.report_failure(key.id, error)
+        self.session.commit()
+        log.warning("upstream call failed", extra={**extra, "event": "upstream_error",
+                                                   "key": key.name if key else None,
+                                                   "kind": error.kind.value, "code": error.upstream_code,
+                                                   "http_status": error.http_status})
+        if error.kind == FailureKind.REJECTED:
+            return self._fail(job, "upstream_rejected",
+                              "The sound service rejected this request: " + error.message[:300], key)
+        exhausted = job.attempts >= self.settings.max_attempts
+        if error.kind in KEY_FAILURES and key is not None and not exhausted:
+            tried.add(key.id)
+            return None
+        if exhausted:
+            return self._fail(job, "upstream_error",
+                              f"The sound service failed {job.attempts} times; the last error was "
+                              f"{error.upstream_code or error.http_status or error.kind.value}.", key)
+        delay = self._backoff(job.attempts, error.retry_after)
+        return self._requeue(job, "retrying_after_upstream_error", delay)
+
+    def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio,
+                          extra: dict) -> RunResult:
+        object_key = storage_key_for(job, audio.extension)
+        for attempt in range(1, self.settings.storage_tries + 1):
+            try:
+                self.storage.put(object_key, audio.data, audio.content_type)
+                break
+            except StorageError as exc:
+                log.warning("storage upload failed", extra={**extra, "event": "storage_error",
+                                                           "try": attempt, "error": str(exc)[:200]})
+                if attempt == self.settings.storage_tries:
+                    # The audio is lost with this delivery; a later one generates it again.
+                    return self._requeue(job, "retrying_after_storage_error",
+                                         self._backoff(attempt, None))
+                self.sleep(min(0.5 * attempt, 2.0))
+        now = self.clock()
+        self.session.refresh(job)
+        if job.status != JobStatus.RUNNING:
+            return RunResult.done(job.status.value)
+        if quota.settle(self.session, job, now):
+            self.session.add(ApiUsage(
+                user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
+                provider=self.provider.name, prompt=job.prompt, duration_seconds=job.duration_seconds,
+                influence_level=job.prompt_influence, success=True, cost_cents=0,
+                upstream_credits=audio.upstream_cost,
+                response_time_ms=audio.latency_ms, file_size_bytes=len(audio.data), created_at=now))
+        job.status = JobStatus.SUCCEEDED
+        job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
+        job.finished_at, job.lease_until, job.queue_reason = now, None, None
+        job.error_code = job.error_message = None
+        self.session.commit()
+        log.info("job succeeded", extra={**extra, "event": "job_succeeded", "key": key.name if key else None,
+                                         "size_bytes": len(audio.data), "attempts": job.attempts})
+        return RunResult.done(JobStatus.SUCCEEDED.value)
+
+    def _no_capacity(self, job: Job, extra: dict) -> RunResult:
+        waited = (self.clock() - job.created_at).total_seconds()
+        if waited >= self.settings.max_queue_wait_seconds:
+            return self._fail(job, "upstream_unavailable",
+                              f"No upstream key could take this job within "
+                              f"{self.settings.max_queue_wait_seconds} seconds.", None)
+        log.info("no upstream capacity, job waits", extra={**extra, "event": "job_waiting"})
+        return self._requeue(job, "waiting_for_upstream_capacity", self.settings.capacity_poll_seconds)
+
+    def _requeue(self, job: Job, reason: str, delay: float) -> RunResult:
+        now = self.clock()
+        job.status, job.queue_reason, job.lease_until, job.updated_at = JobStatus.QUEUED, reason, None, now
+        self.session.commit()
+        return RunResult("retry", delay, JobStatus.QUEUED.value)
+
+    def _fail(self, job: Job, code: str, message: str, key: LeasedKey | None) -> RunResult:
+        """Mark the job failed and return its unit, in one transaction."""
+        now = self.clock()
+        if quota.refund(self.session, job, now):
+            self.session.add(ApiUsage(
+                user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
+                provider=self.provider.name, prompt=job.prompt, duration_seconds=job.duration_seconds,
+                influence_level=job.prompt_influence, success=False, cost_cents=0, error_code=code,
+                created_at=now))
+        job.status, job.error_code, job.error_message = JobStatus.FAILED, code, message
+        job.finished_at, job.lease_until, job.queue_reason = now, None, None
+        self.session.commit()
+        log.warning("job failed", extra={"event": "job_failed", "job_id": str(job.id), "code": code,
+                                         "request_id": job.request_id})
+        return RunResult.done(JobStatus.FAILED.value)
+
+    def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
+                        upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
+        job.attempts += 1
+        self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,
+                                    provider=self.provider.name, started_at=self.clock(),
+                                    latency_ms=latency_ms, http_status=http_status,
+                                    upstream_code=upstream_code, upstream_cost=cost, outcome=outcome))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
+        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)

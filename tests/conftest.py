@@ -1,0 +1,172 @@
+"""Shared fixtures: one PostgreSQL database per test run (per xdist worker), migrated with Alembic.
+
+Tests that use `app` get clean tables: every table is truncated after each test, so code under test
+commits for real (as it does in production) and concurrency tests can use many connections.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+from sfx_backend import create_app
+from sfx_backend.extensions import db
+
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URL_TEMPLATE = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/{name}")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/{db}")
+
+
+def _admin(sql: str) -> None:
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def worker_id_suffix(request) -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+
+
+@pytest.fixture(scope="session")
+def database_url(worker_id_suffix) -> str:
+    """A fresh PostgreSQL database for this run, dropped at the end."""
+    name = f"sfx_test_{worker_id_suffix}_{uuid.uuid4().hex[:8]}"
+    _admin(f'DROP DATABASE IF EXISTS "{name}"')
+    _admin(f'CREATE DATABASE "{name}"')
+    yield PG_URL_TEMPLATE.format(name=name)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_db(worker_id_suffix) -> int:
+    """A Redis database number of this xdist worker's own (flushed by the tests that use it)."""
+    digits = "".join(ch for ch in worker_id_suffix if ch.isdigit()) or "0"
+    return 10 + int(digits) % 6
+
+
+@pytest.fixture(scope="session")
+def encryption_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def make_environ(database_url: str, instance: Path, encryption_key: str, **extra: str) -> dict[str, str]:
+    """The environment a test app is built from: explicit, never the developer's own."""
+    env = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "INSTANCE_PATH": str(instance),
+        "JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+        "KEY_ENCRYPTION_KEY": encryption_key,
+        "LOG_LEVEL": "warning",
+        "CELERY_BROKER_URL": "memory://",
+        "API_BASE_URL": "http://localhost",
+        "TRIAL_GENERATION_LIMIT": "10",
+    }
+    env.update(extra)
+    return env
+
+
+# Cheap password hashing in tests; production keeps argon2's recommended cost (tested separately).
+FAST_HASH = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024}
+
+
+@pytest.fixture(scope="session")
+def _migrated(database_url, tmp_path_factory, encryption_key):
+    from flask_migrate import upgrade
+
+    app = create_app(FAST_HASH, environ=make_environ(database_url, tmp_path_factory.mktemp("migrate"),
+                                                     encryption_key))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return True
+
+
+class RecordingQueue:
+    """Stands in for the broker in API tests: remembers what was enqueued, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, float | None]] = []
+        self.fail = False
+
+    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append((job_id, countdown))
+
+
+@pytest.fixture
+def app(_migrated, database_url, tmp_path, encryption_key):
+    application = create_app(FAST_HASH, environ=make_environ(database_url, tmp_path / "instance", encryption_key))
+    application.extensions["sfx"].job_queue = RecordingQueue()
+    with application.app_context():
+        yield application
+        db.session.remove()
+        truncate_all()
+        db.engine.dispose()
+
+
+def truncate_all() -> None:
+    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def queue(app) -> RecordingQueue:
+    return app.extensions["sfx"].job_queue
+
+
+class ApiUser:
+    """A registered user and an authenticated way to call the API as them."""
+
+    def __init__(self, client, email: str, password: str, body: dict) -> None:
+        self.client = client
+        self.email = email
+        self.password = password
+        self.id = body["user"]["id"]
+        self.access_token = body["access_token"]
+        self.refresh_token = body["refresh_token"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    def get(self, url, **kw):
+        return self.client.get(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def post(self, url, **kw):
+        return self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def generate(self, prompt: str = "heavy wooden door slam, reverb tail", headers=None, **fields):
+        return self.post("/usage/generate", json={"prompt": prompt, **fields}, headers=headers or {})
+
+
+@pytest.fixture
+def make_user(client):
+    def _make(email: str | None = None, password: str = "correct horse battery") -> ApiUser:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        response = client.post("/auth/register", json={"email": email, "password": password})
+        assert response.status_code == 201, response.get_json()
+        return ApiUser(client, email, password, response.get_json())
+    return _make
+
+
+@pytest.fixture
+def user(make_user) -> ApiUser:
+    return make_user()
