@@ -1,0 +1,277 @@
+"""The generation runner as the Celery task calls it: real PostgreSQL, real HTTP to a fake upstream."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import requests
+
+from sfx_backend.extensions import db
+from sfx_backend.models import ApiKey, ApiKeyStatus, ApiUsage, Job, JobAttempt, JobStatus, utcnow
+from sfx_backend.providers.audio import looks_like_mp3, looks_like_wav
+from sfx_backend.storage.base import StorageError
+from tests.workers.conftest import assert_ledger_balances
+
+
+def _job(user, **fields) -> uuid.UUID:
+    response = user.generate(**fields)
+    assert response.status_code == 202, response.get_json()
+    return uuid.UUID(response.get_json()["id"])
+
+
+def test_synth_job_succeeds_and_its_audio_downloads_through_the_signed_url(app, client, user, make_runner):
+    job_id = _job(user, prompt="door slam", duration_seconds=1.5)
+    result = make_runner().run(job_id)
+    assert result.action == "done" and result.status == "succeeded"
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "succeeded" and body["provider"] == "synth" and body["attempts"] == 1
+    assert body["audio"]["content_type"] == "audio/mpeg" and body["audio"]["size_bytes"] > 1000
+    assert body["started_at"] and body["finished_at"]
+    path = body["audio"]["url"].removeprefix(app.config["API_BASE_URL"])
+    download = client.get(path)
+    assert download.status_code == 200
+    assert looks_like_mp3(download.data) and len(download.data) == body["audio"]["size_bytes"]
+    assert "attachment" in download.headers["Content-Disposition"]
+    usage = user.get("/usage/current").get_json()
+    assert (usage["used"], usage["reserved"], usage["remaining"]) == (1, 0, 9)
+    assert_ledger_balances(user.id)
+
+
+def test_audio_route_redirects_to_a_fresh_download_url(app, client, user, make_runner):
+    job_id = _job(user, output_format="wav")
+    make_runner().run(job_id)
+    response = user.get(f"/jobs/{job_id}/audio")
+    assert response.status_code == 302
+    download = client.get(response.headers["Location"].removeprefix(app.config["API_BASE_URL"]))
+    assert download.status_code == 200 and looks_like_wav(download.data)
+
+
+def test_tampered_local_download_url_is_refused(app, client, user, make_runner):
+    job_id = _job(user)
+    make_runner().run(job_id)
+    url = user.get(f"/jobs/{job_id}").get_json()["audio"]["url"].removeprefix(app.config["API_BASE_URL"])
+    forged = url.replace(str(job_id), str(uuid.uuid4()))
+    assert client.get(forged).status_code == 403
+    assert client.get(url[:-2] + "00").status_code == 403
+
+
+def test_elevenlabs_job_records_cost_key_and_latency(app, user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user, prompt="glass", duration_seconds=2.0)
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+    usage = db.session.query(ApiUsage).one()
+    key = db.session.query(ApiKey).one()
+    assert usage.success is True and usage.api_key_id == key.id
+    assert usage.upstream_credits and usage.upstream_credits > 0
+    assert usage.response_time_ms is not None and usage.file_size_bytes > 0
+    sent = fake_upstream.last_request
+    assert sent.query["output_format"] == "mp3_44100_128"
+    assert sent.json["text"] == "glass" and sent.json["duration_seconds"] == 2.0
+    assert key.last_used is not None and key.daily_usage == 1
+
+
+def test_401_invalid_key_then_success_on_the_second_key(user, make_runner, pool, eleven, fake_upstream):
+    dead, _ = pool.add("dead", "key-dead-9999")  # unknown to the upstream: 401 invalid_api_key
+    db.session.commit()
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    result = make_runner(eleven).run(job_id)
+    assert result.status == "succeeded"
+    db.session.refresh(dead)
+    assert dead.status == ApiKeyStatus.DISABLED
+    assert db.session.get(Job, job_id).attempts == 2
+    assert_ledger_balances(user.id)
+
+
+def test_quota_exceeded_key_is_rate_limited_not_disabled(user, make_runner, pool, eleven, fake_upstream):
+    broke, _ = pool.add("broke", "key-alpha-0001")
+    db.session.commit()
+    pool.add("bravo", "key-bravo-0002")
+    db.session.commit()
+    fake_upstream.script("key-alpha-0001", [("error", 401, "quota_exceeded")])
+    assert make_runner(eleven).run(_job(user)).status == "succeeded"
+    db.session.refresh(broke)
+    assert broke.status == ApiKeyStatus.RATE_LIMITED and broke.cooldown_until > utcnow()
+
+
+def test_concurrency_429_moves_to_another_key_without_penalty(user, make_runner, pool, eleven, fake_upstream):
+    busy, _ = pool.add("busy", "key-alpha-0001")
+    db.session.commit()
+    pool.add("bravo", "key-bravo-0002")
+    db.session.commit()
+    fake_upstream.script("key-alpha-0001", [("error", 429, "too_many_concurrent_requests")])
+    assert make_runner(eleven).run(_job(user)).status == "succeeded"
+    db.session.refresh(busy)
+    assert busy.status == ApiKeyStatus.ACTIVE
+
+
+def test_upstream_422_fails_the_job_at_once_and_refunds(user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("validation", "text is too long")])
+    job_id = _job(user)
+    assert make_runner(eleven).run(job_id).status == "failed"
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["error"]["code"] == "upstream_rejected" and body["attempts"] == 1
+    usage = user.get("/usage/current").get_json()
+    assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 10)
+    assert_ledger_balances(user.id)
+
+
+def test_upstream_500_retries_with_backoff_then_succeeds_charging_once(user, make_runner, pool, eleven,
+                                                                       fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("status", 500, {"detail": "boom"})])
+    job_id = _job(user)
+    runner = make_runner(eleven)
+    first = runner.run(job_id)
+    assert first.action == "retry" and first.delay > 0
+    waiting = user.get(f"/jobs/{job_id}").get_json()
+    assert waiting["status"] == "queued" and waiting["queue_reason"] == "retrying_after_upstream_error"
+    assert runner.run(job_id).status == "succeeded"
+    assert user.get(f"/jobs/{job_id}").get_json()["attempts"] == 2
+    assert user.get("/usage/current").get_json()["used"] == 1
+    assert_ledger_balances(user.id)
+
+
+def test_retry_after_from_upstream_is_honoured(user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("error", 429, "system_busy", {"Retry-After": "7"})])
+    result = make_runner(eleven).run(_job(user))
+    assert result.action == "retry" and result.delay >= 7
+
+
+def test_repeated_transient_failures_fail_the_job_and_refund(user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("status", 503, "down")] * 3)
+    job_id = _job(user)
+    runner = make_runner(eleven, max_attempts=3)
+    outcomes = [runner.run(job_id) for _ in range(3)]
+    assert [o.action for o in outcomes] == ["retry", "retry", "done"]
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "failed" and body["error"]["code"] == "upstream_error" and body["attempts"] == 3
+    assert user.get("/usage/current").get_json()["remaining"] == 10
+    failure = db.session.query(ApiUsage).one()
+    assert failure.success is False and failure.error_code == "upstream_error"
+    assert_ledger_balances(user.id)
+
+
+def test_a_read_timeout_is_transient(user, make_runner, pool, fake_upstream):
+    from sfx_backend.providers.elevenlabs import ElevenLabsClient
+
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("slow", 3.0)])
+    client = ElevenLabsClient(base_url=fake_upstream.url, connect_timeout=1, read_timeout=0.5)
+    result = make_runner(client).run(_job(user))
+    assert result.action == "retry"
+    attempt = db.session.query(JobAttempt).one()
+    assert attempt.outcome == "transient"
+
+
+def test_no_usable_key_waits_then_fails_as_upstream_unavailable(user, make_runner, pool, eleven):
+    job_id = _job(user)
+    runner = make_runner(eleven, max_queue_wait_seconds=60, capacity_poll_seconds=2)
+    first = runner.run(job_id)
+    assert first.action == "retry" and first.delay == 2
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "queued" and body["queue_reason"] == "waiting_for_upstream_capacity"
+    job = db.session.get(Job, job_id)
+    job.created_at = utcnow() - timedelta(seconds=61)
+    db.session.commit()
+    assert runner.run(job_id).status == "failed"
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["error"]["code"] == "upstream_unavailable" and body["queue_reason"] is None
+    assert_ledger_balances(user.id)
+
+
+def test_redelivery_of_a_finished_job_does_nothing(user, make_runner):
+    job_id = _job(user)
+    runner = make_runner()
+    runner.run(job_id)
+    finished = user.get(f"/jobs/{job_id}").get_json()
+    assert runner.run(job_id).action == "done"
+    assert user.get(f"/jobs/{job_id}").get_json()["finished_at"] == finished["finished_at"]
+    assert db.session.query(ApiUsage).count() == 1
+    assert user.get("/usage/current").get_json()["used"] == 1
+
+
+def test_a_job_leased_by_a_live_worker_is_not_run_twice(user, make_runner):
+    job_id = _job(user)
+    job = db.session.get(Job, job_id)
+    job.status, job.lease_until = JobStatus.RUNNING, utcnow() + timedelta(minutes=5)
+    db.session.commit()
+    assert make_runner().run(job_id).status is None
+    assert db.session.get(Job, job_id).status == JobStatus.RUNNING
+
+
+def test_a_job_whose_worker_died_is_taken_over_after_the_lease(user, make_runner):
+    job_id = _job(user)
+    job = db.session.get(Job, job_id)
+    job.status, job.lease_until = JobStatus.RUNNING, utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert make_runner().run(job_id).status == "succeeded"
+    assert_ledger_balances(user.id)
+
+
+def test_a_canceled_or_missing_job_is_left_alone(user, make_runner):
+    job_id = _job(user)
+    user.post(f"/jobs/{job_id}/cancel")
+    runner = make_runner()
+    assert runner.run(job_id).status is None
+    assert runner.run(uuid.uuid4()).status is None
+    assert user.get(f"/jobs/{job_id}").get_json()["status"] == "canceled"
+
+
+class _FlakyStorage:
+    """Fails the first `failures` uploads, then delegates."""
+
+    name = "flaky"
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures, self.calls = inner, failures, 0
+
+    def put(self, key, data, content_type):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StorageError("store unreachable")
+        self.inner.put(key, data, content_type)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_storage_hiccup_is_retried_inline(app, user, make_runner):
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=2)
+    assert make_runner(storage=storage).run(_job(user)).status == "succeeded"
+    assert storage.calls == 3
+
+
+def test_a_storage_outage_requeues_the_job_without_charging(app, user, make_runner):
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=3)
+    job_id = _job(user)
+    result = make_runner(storage=storage).run(job_id)
+    assert result.action == "retry"
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "queued" and body["queue_reason"] == "retrying_after_storage_error"
+    assert user.get("/usage/current").get_json()["used"] == 0
+    assert make_runner(storage=storage).run(job_id).status == "succeeded"
+    assert_ledger_balances(user.id)
+
+
+def test_no_secret_reaches_the_job_or_the_logs(user, make_runner, pool, eleven, fake_upstream, caplog):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("error", 401, "invalid_api_key")])
+    job_id = _job(user)
+    with caplog.at_level("DEBUG"):
+        make_runner(eleven).run(job_id)
+    text = requests.compat.json.dumps(user.get(f"/jobs/{job_id}").get_json()) + caplog.text
+    for record in caplog.records:
+        text += " ".join(str(v) for v in vars(record).values())
+    assert "key-alpha-0001" not in text
