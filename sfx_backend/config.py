@@ -141,6 +141,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JOB_RETRY_BASE_SECONDS": _float(env, "JOB_RETRY_BASE_SECONDS", 2.0),
         "JOB_RETRY_MAX_SECONDS": _float(env, "JOB_RETRY_MAX_SECONDS", 120.0),
         "JOB_LEASE_SECONDS": _int(env, "JOB_LEASE_SECONDS", 300),
+        "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
+        "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
         # storage
         "STORAGE_BACKEND": storage_backend,
         "LOCAL_STORAGE_PATH": str(Path(env.get("LOCAL_STORAGE_PATH") or instance / "audio").resolve()),

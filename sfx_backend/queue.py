@@ -10,6 +10,7 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 GENERATE_TASK = "sfx.jobs.generate"
+SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -48,6 +49,9 @@ def make_celery(app: Flask) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         enable_utc=True,
+        beat_schedule={
+            "sweep-stranded-jobs": {"task": SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
+        },
     )
     celery.set_default()
     app.extensions["celery"] = celery
