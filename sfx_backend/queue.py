@@ -31,6 +31,7 @@ def make_celery(app: Flask) -> Celery:
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
                              "processed_folder": str(folder / "processed"), "store_processed": False,
+                             "control_folder": str(folder / "control"),
                              "polling_interval": 0.05}
     celery.conf.update(
         broker_url=broker,
