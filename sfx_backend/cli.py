@@ -37,10 +37,9 @@ def create_admin(email: str, password: str) -> None:
 
 
 def _pool():
-    from .services.key_pool import KeyPool
+    from .workers_support import build_key_pool
 
-    rt = runtime()
-    return KeyPool(db.session, rt.cipher, rt.clock, current_app.config["ELEVEN_LABS_KEY_CONCURRENCY"])
+    return build_key_pool()
 
 
 @keys_cli.command("add")

@@ -17,8 +17,13 @@ def runner_settings() -> RunnerSettings:
                           capacity_poll_seconds=cfg.get("CAPACITY_POLL_SECONDS", 5.0))
 
 
+def build_key_pool() -> KeyPool:
+    """The key pool on the app's session."""
+    rt = runtime()
+    return KeyPool(db.session, rt.cipher, rt.clock, current_app.config["ELEVEN_LABS_KEY_CONCURRENCY"])
+
+
 def build_runner() -> GenerationRunner:
     """A runner on the app's session, provider, storage and key pool."""
     rt = runtime()
-    pool = KeyPool(db.session, rt.cipher, rt.clock, current_app.config["ELEVEN_LABS_KEY_CONCURRENCY"])
-    return GenerationRunner(db.session, rt.provider, rt.storage, pool, rt.clock, runner_settings())
+    return GenerationRunner(db.session, rt.provider, rt.storage, build_key_pool(), rt.clock, runner_settings())

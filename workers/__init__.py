@@ -1,8 +1,32 @@
 """The Celery app: `celery -A workers worker --pool threads --concurrency 32`."""
+import logging
+
+from celery.signals import worker_init
+
 from sfx_backend import create_app
+
+log = logging.getLogger(__name__)
 
 flask_app = create_app()
 celery = flask_app.extensions["celery"]
 app = celery  # `celery -A workers` looks for `app` or `celery`
 
 from . import jobs, maintenance  # noqa: E402,F401 - registers the tasks
+
+
+@worker_init.connect
+def _sync_configured_keys(**_: object) -> None:
+    """Import ELEVEN_LABS_API_KEYS into the pool at start-up (by fingerprint: known keys are kept as they are)."""
+    if not flask_app.config["ELEVEN_LABS_API_KEYS"]:
+        return
+    from sfx_backend.extensions import db
+    from sfx_backend.workers_support import build_key_pool
+
+    with flask_app.app_context():
+        try:
+            created = build_key_pool().sync(flask_app.config["ELEVEN_LABS_API_KEYS"])
+            db.session.commit()
+            log.info("upstream keys synced", extra={"event": "keys_synced", "created": len(created)})
+        except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
+            db.session.rollback()
+            log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})

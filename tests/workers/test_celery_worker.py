@@ -10,7 +10,7 @@ import requests
 from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.providers.audio import looks_like_mp3
-from sfx_backend.services.key_pool import KeyPool
+from sfx_backend.models import ApiKey
 from tests.conftest import FAST_HASH, make_environ
 from tests.support.fake_elevenlabs import FakeElevenLabs
 from tests.support.nanio_server import nanio  # noqa: F401 - fixture
@@ -43,13 +43,12 @@ def test_worker_on_redis_generates_with_elevenlabs_and_stores_in_s3(app, databas
                            CELERY_BROKER_URL=broker, STORAGE_BACKEND="s3", S3_ENDPOINT_URL=nanio.endpoint_url,
                            S3_BUCKET=bucket, AWS_ACCESS_KEY_ID=nanio.access_key,
                            AWS_SECRET_ACCESS_KEY=nanio.secret_key, SFX_PROVIDER="elevenlabs",
-                           ELEVEN_LABS_BASE_URL=upstream.url, LOG_LEVEL="info")
+                           ELEVEN_LABS_BASE_URL=upstream.url, ELEVEN_LABS_API_KEYS="el-key-one-1111",
+                           LOG_LEVEL="info")
         pipeline = create_app(FAST_HASH, environ=env)
         with pipeline.app_context():
             pipeline.extensions["sfx"].storage.ensure_bucket()
-            rt = pipeline.extensions["sfx"]
-            KeyPool(db.session, rt.cipher, rt.clock).add("one", "el-key-one-1111")
-            db.session.commit()
+            # The worker imports ELEVEN_LABS_API_KEYS into the pool as it starts.
             worker = start_worker(env, tmp_path / "worker.log")
             try:
                 client = pipeline.test_client()
@@ -67,6 +66,7 @@ def test_worker_on_redis_generates_with_elevenlabs_and_stores_in_s3(app, databas
             assert download.status_code == 200
             assert looks_like_mp3(download.content) and len(download.content) == job["audio"]["size_bytes"]
             assert upstream.calls == 1
+            assert [k.last4 for k in db.session.query(ApiKey).all()] == ["1111"]
             assert "el-key-one-1111" not in log
             user_id = client.get("/auth/verify", headers=headers).get_json()["user"]["id"]
             assert_ledger_balances(user_id)
