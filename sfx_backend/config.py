@@ -119,6 +119,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": broker_url,
         "CELERY_BROKER_DIR": str(instance / "broker"),
+        "CELERY_QUEUE": env.get("CELERY_QUEUE") or "sfx",
         "CELERY_VISIBILITY_TIMEOUT": _int(env, "CELERY_VISIBILITY_TIMEOUT", 3600),
         # auth
         "JWT_SECRET_KEY": jwt_secret,

@@ -10,6 +10,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy import MetaData
 
+from .api.schemas import ProblemSchema
 from .errors import handle_http_exception
 
 # Stable constraint names so Alembic migrations (and SQLite batch mode) can refer to them.
@@ -28,6 +29,8 @@ class Base(DeclarativeBase):
 
 class ProblemApi(Api):
     """flask-smorest's Api, but HTTP errors render as problem+json like every other error."""
+
+    ERROR_SCHEMA = ProblemSchema  # documents the default and 422 responses with the real shape
 
     def handle_http_exception(self, error):  # noqa: D102 - overrides the library's JSON body
         return handle_http_exception(error)

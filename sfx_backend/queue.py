@@ -37,6 +37,7 @@ def make_celery(app: Flask) -> Celery:
         broker_url=broker,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        task_default_queue=cfg["CELERY_QUEUE"],
         task_ignore_result=True,  # nobody reads task results: the job row is the result
         result_backend=None,
         task_acks_late=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import redis
 import requests
 
 from sfx_backend import create_app
@@ -36,11 +35,11 @@ def _wait_finished(client, headers, job_id, timeout=45):
 def test_worker_on_redis_generates_with_elevenlabs_and_stores_in_s3(app, database_url, tmp_path, encryption_key,
                                                                     redis_db, nanio):  # noqa: F811
     broker = f"redis://127.0.0.1:6379/{redis_db}"
-    redis.Redis.from_url(broker).flushdb()
     bucket = f"sfx-{uuid.uuid4().hex[:10]}"
     with FakeElevenLabs(keys={"el-key-one-1111": 5}) as upstream:
         env = make_environ(database_url, tmp_path / "pipeline", encryption_key,
-                           CELERY_BROKER_URL=broker, STORAGE_BACKEND="s3", S3_ENDPOINT_URL=nanio.endpoint_url,
+                           CELERY_BROKER_URL=broker, CELERY_QUEUE=f"sfx-test-{uuid.uuid4().hex[:8]}",
+                           STORAGE_BACKEND="s3", S3_ENDPOINT_URL=nanio.endpoint_url,
                            S3_BUCKET=bucket, AWS_ACCESS_KEY_ID=nanio.access_key,
                            AWS_SECRET_ACCESS_KEY=nanio.secret_key, SFX_PROVIDER="elevenlabs",
                            ELEVEN_LABS_BASE_URL=upstream.url, ELEVEN_LABS_API_KEYS="el-key-one-1111",
