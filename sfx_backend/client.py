@@ -58,13 +58,14 @@ import random
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import requests
 
-__all__ = ["ApiError", "JobTimeout", "SfxClient", "SfxError", "TERMINAL_STATUSES", "main"]
+__all__ = ["TERMINAL_STATUSES", "ApiError", "JobTimeout", "SfxClient", "SfxError", "main"]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 # Statuses worth retrying: the server (or something in front of it) may answer differently soon.
@@ -99,7 +100,7 @@ class ApiError(SfxError):
         self.body = body
 
     @classmethod
-    def from_response(cls, response: requests.Response) -> "ApiError":
+    def from_response(cls, response: requests.Response) -> ApiError:
         """Parse a problem+json (or any JSON, or a non-JSON proxy page) error response."""
         body: Any = None
         try:
@@ -141,18 +142,18 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # 3.11+ reads a "Z" suffix
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class SfxClient:
@@ -350,7 +351,7 @@ class SfxClient:
         if job.get("status") != "succeeded" or not job.get("audio"):
             raise SfxError(f"job {job.get('id')} is {job.get('status')}; it has no audio to download")
         expires = _parse_time(job["audio"].get("expires_at"))
-        if expires is not None and expires <= datetime.now(timezone.utc):
+        if expires is not None and expires <= datetime.now(UTC):
             job = self.get_job(job["id"])
         ext = job.get("output_format") or "mp3"
         dest = Path(dest_dir)

@@ -106,7 +106,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def gunicorn_has_option(env: dict[str, str], option: str) -> bool:
     try:
-        result = subprocess.run(tool("gunicorn") + ["--help"], env=env, stdin=subprocess.DEVNULL,
+        result = subprocess.run(tool("gunicorn") + ["--help"], check=False, env=env, stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -132,7 +132,7 @@ def show_path(path: Path) -> str:
 def run_flask(args: list[str], app_dir: Path, env: dict[str, str], timeout: float = 120) -> str:
     cmd = tool("flask") + ["--app", "wsgi", *args]
     try:
-        result = subprocess.run(cmd, cwd=app_dir, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+        result = subprocess.run(cmd, check=False, cwd=app_dir, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                                 text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise DemoFailed(f"`flask --app wsgi {' '.join(args)}` did not finish in {timeout:g} s") from exc
@@ -161,7 +161,7 @@ class Child:
     def __init__(self, name: str, cmd: list[str], log_path: Path, cwd: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the child
         # Own session: a Ctrl-C in the terminal reaches only the demo, which then stops the
         # children in order (instead of everything dying at once mid-request).
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
@@ -223,7 +223,7 @@ def stop_all(children: list[Child], printer: Printer, timeout: float = STOP_TIME
         printer.info("interrupted again: killed the children")
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
@@ -247,8 +247,7 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
         printer.info(f"database: embedded SQLite at {instance / 'sfx.sqlite3'}")
     run_flask(["db", "upgrade"], app_dir, env)
     if env.get("ELEVEN_LABS_API_KEYS"):
-        out = run_flask(["keys", "sync"], app_dir, env).strip().splitlines()
-        printer.info(f"ELEVEN_LABS_API_KEYS synced into the key pool: {out[-1] if out else 'ok'}")
+        printer.info("ELEVEN_LABS_API_KEYS is set: the worker syncs it into the key pool when it starts")
     printer.done("database is at the latest migration")
 
     # (b) port
@@ -355,7 +354,7 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
         printer.info("      noise and tone sweeps seeded by the prompt; it does not follow its meaning.")
         printer.info("      For real AI sound effects, set your ElevenLabs keys and run the demo again:")
         printer.info("        export ELEVEN_LABS_API_KEYS=sk_key1,sk_key2   # comma-separated")
-        printer.info("        make demo      # syncs them into the key pool (flask --app wsgi keys sync)")
+        printer.info("        make demo      # the worker syncs them into the upstream key pool")
     printer.done()
 
     # (h) usage
