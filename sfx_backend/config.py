@@ -141,7 +141,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JOB_MAX_ATTEMPTS": _int(env, "JOB_MAX_ATTEMPTS", 5),
         "JOB_RETRY_BASE_SECONDS": _float(env, "JOB_RETRY_BASE_SECONDS", 2.0),
         "JOB_RETRY_MAX_SECONDS": _float(env, "JOB_RETRY_MAX_SECONDS", 120.0),
-        "JOB_LEASE_SECONDS": _int(env, "JOB_LEASE_SECONDS", 300),
+        "JOB_LEASE_SECONDS": _int(env, "JOB_LEASE_SECONDS", 60),
+        "KEY_LEASE_SECONDS": _int(env, "KEY_LEASE_SECONDS", 30),
+        "CAPACITY_WAIT_INLINE_SECONDS": _float(env, "CAPACITY_WAIT_INLINE_SECONDS", 20.0),
+        "CAPACITY_POLL_SECONDS": _float(env, "CAPACITY_POLL_SECONDS", 5.0),
+        "KEY_PROBE_INTERVAL_SECONDS": _int(env, "KEY_PROBE_INTERVAL_SECONDS", 600),
+        "KEY_MAINTENANCE_INTERVAL_SECONDS": _int(env, "KEY_MAINTENANCE_INTERVAL_SECONDS", 60),
         "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
         "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
         # storage

@@ -13,14 +13,17 @@ def runner_settings() -> RunnerSettings:
     cfg = current_app.config
     return RunnerSettings(max_attempts=cfg["JOB_MAX_ATTEMPTS"], retry_base_seconds=cfg["JOB_RETRY_BASE_SECONDS"],
                           retry_max_seconds=cfg["JOB_RETRY_MAX_SECONDS"], lease_seconds=cfg["JOB_LEASE_SECONDS"],
+                          key_lease_seconds=cfg["KEY_LEASE_SECONDS"],
                           max_queue_wait_seconds=cfg["MAX_QUEUE_WAIT_SECONDS"],
-                          capacity_poll_seconds=cfg.get("CAPACITY_POLL_SECONDS", 5.0))
+                          capacity_poll_seconds=cfg["CAPACITY_POLL_SECONDS"],
+                          capacity_wait_inline_seconds=cfg["CAPACITY_WAIT_INLINE_SECONDS"])
 
 
 def build_key_pool() -> KeyPool:
     """The key pool on the app's session."""
     rt = runtime()
-    return KeyPool(db.session, rt.cipher, rt.clock, current_app.config["ELEVEN_LABS_KEY_CONCURRENCY"])
+    cfg = current_app.config
+    return KeyPool(db.session, rt.cipher, rt.clock, cfg["ELEVEN_LABS_KEY_CONCURRENCY"], cfg["KEY_LEASE_SECONDS"])
 
 
 def build_runner() -> GenerationRunner:

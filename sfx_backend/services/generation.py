@@ -8,12 +8,16 @@ It commits at each step, because other workers and the API read these rows while
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -22,11 +26,13 @@ from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
 from . import quota
-from .key_pool import KeyPool, LeasedKey
+from .key_pool import KeyPool, LeasedKey, renew_leases
 
 log = logging.getLogger(__name__)
 
 KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY)
+WAITING_FOR_CAPACITY = "waiting_for_upstream_capacity"
+HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,12 @@ class RunnerSettings:
     max_attempts: int = 5
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 120.0
-    lease_seconds: int = 300
+    lease_seconds: int = 60  # job lease; renewed while the call runs
+    key_lease_seconds: int = 30  # key slot lease; renewed while the call runs
     max_queue_wait_seconds: int = 600
-    capacity_poll_seconds: float = 5.0
+    capacity_poll_seconds: float = 5.0  # countdown before the next delivery when the inline wait ran out
+    capacity_wait_inline_seconds: float = 20.0  # how long a worker thread waits for a free slot itself
+    capacity_check_interval: float = 0.05
     storage_tries: int = 3
 
 
@@ -82,12 +91,12 @@ class GenerationRunner:
         while True:
             key: LeasedKey | None = None
             if self.provider.needs_key:
-                key = self.key_pool.acquire(exclude=tried) if self.key_pool else None
-                self.session.commit()  # release the row lock before the slow call
-                if key is None:
-                    return self._no_capacity(job, extra)
+                key, outcome = self._lease_key(job, tried, extra)
+                if outcome is not None:
+                    return outcome
             try:
-                audio = self.provider.generate(self._request(job), api_key=key.secret if key else None)
+                with self._heartbeat(job, key):
+                    audio = self.provider.generate(self._request(job), api_key=key.secret if key else None)
             except ProviderError as error:
                 result = self._after_failure(job, key, error, tried, extra)
                 if result is not None:
@@ -96,6 +105,7 @@ class GenerationRunner:
             self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost,
                                  audio.latency_ms)
             if key is not None:
+                self.key_pool.release(key.lease_id)
                 self.key_pool.report_success(key.id)
             self.session.commit()
             return self._store_and_finish(job, key, audio, extra)
@@ -122,6 +132,77 @@ class GenerationRunner:
                                        "user_id": str(job.user_id), "request_id": job.request_id})
         return job
 
+    def _lease_key(self, job: Job, tried: set[uuid.UUID], extra: dict) -> tuple[LeasedKey | None, RunResult | None]:
+        """A key slot for this job, waiting a while in-thread when the pool is full.
+
+        While it waits the job reads `queued` with its reason. Getting a slot after waiting re-claims
+        the job with the same conditional UPDATE, so a job canceled (or taken by another delivery)
+        meanwhile is left alone and the slot handed back.
+        """
+        key = self._try_acquire(job, tried)
+        if key is not None:
+            return key, None
+        self._mark_waiting(job)
+        log.info("no upstream capacity, job waits", extra={**extra, "event": "job_waiting"})
+        waited_since = time.monotonic()
+        while time.monotonic() - waited_since < self.settings.capacity_wait_inline_seconds:
+            if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
+                break
+            self.sleep(self.settings.capacity_check_interval)
+            key = self._try_acquire(job, set())
+            if key is None:
+                continue
+            if self._claim(job.id) is None:  # canceled or taken over while we waited
+                self.key_pool.release(key.lease_id)
+                self.session.commit()
+                return None, RunResult.done()
+            self.session.refresh(job)
+            return key, None
+        if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
+            return None, self._fail(job, "upstream_unavailable",
+                                    f"No upstream key could take this job within "
+                                    f"{self.settings.max_queue_wait_seconds} seconds.", None)
+        return None, RunResult("retry", self.settings.capacity_poll_seconds, JobStatus.QUEUED.value)
+
+    def _try_acquire(self, job: Job, exclude: set[uuid.UUID]) -> LeasedKey | None:
+        key = self.key_pool.acquire(job_id=job.id, holder=HOLDER, exclude=exclude) if self.key_pool else None
+        self.session.commit()  # releases the pool lock before anything slow happens
+        return key
+
+    def _mark_waiting(self, job: Job) -> None:
+        now = self.clock()
+        self.session.execute(
+            sa.update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, queue_reason=WAITING_FOR_CAPACITY, lease_until=None, updated_at=now)
+            .execution_options(synchronize_session=False))
+        self.session.commit()
+        self.session.refresh(job)
+
+    @contextmanager
+    def _heartbeat(self, job: Job, key: LeasedKey | None) -> Iterator[None]:
+        """Renew the job's lease and the key slot's lease while the upstream call runs."""
+        stop = threading.Event()
+        engine = self.session.get_bind()
+        interval = max(min(self.settings.key_lease_seconds, self.settings.lease_seconds) / 3, 0.05)
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    with engine.begin() as conn:
+                        renew_leases(conn, self.clock(), key.lease_id if key else None,
+                                     timedelta(seconds=self.settings.key_lease_seconds), job.id,
+                                     timedelta(seconds=self.settings.lease_seconds))
+                except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
+                    log.warning("lease renewal failed", exc_info=True, extra={"job_id": str(job.id)})
+
+        thread = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
+
     @staticmethod
     def _request(job: Job) -> SoundRequest:
         return SoundRequest(prompt=job.prompt, duration_seconds=job.duration_seconds,
@@ -134,7 +215,8 @@ class GenerationRunner:
         self._record_attempt(job, key, error.kind.value, error.http_status, error.upstream_code, None,
                              error.latency_ms)
         if key is not None:
-            self.key_pool.report_failure(key.id, error)
+            self.key_pool.release(key.lease_id)
+            self.key_pool.report_failure(key.id, error, reset_at=self._credit_reset(key, error))
         self.session.commit()
         log.warning("upstream call failed", extra={**extra, "event": "upstream_error",
                                                    "key": key.name if key else None,
@@ -154,6 +236,17 @@ class GenerationRunner:
         delay = self._backoff(job.attempts, error.retry_after)
         return self._requeue(job, "retrying_after_upstream_error", delay)
 
+    def _credit_reset(self, key: LeasedKey, error: ProviderError) -> datetime | None:
+        """For an exhausted key: when its credits come back, as the upstream reports it."""
+        if error.kind != FailureKind.KEY_QUOTA or not hasattr(self.provider, "get_subscription"):
+            return None
+        try:
+            reset = self.provider.get_subscription(key.secret).get("next_character_count_reset_unix")
+        except (ProviderError, AttributeError):
+            return None
+        from datetime import timezone
+        return datetime.fromtimestamp(reset, timezone.utc) if isinstance(reset, (int, float)) else None
+
     def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio,
                           extra: dict) -> RunResult:
         object_key = storage_key_for(job, audio.extension)
@@ -170,8 +263,7 @@ class GenerationRunner:
                                          self._backoff(attempt, None))
                 self.sleep(min(0.5 * attempt, 2.0))
         now = self.clock()
-        self.session.refresh(job)
-        if job.status != JobStatus.RUNNING:
+        if not self._lock_unfinished(job, JobStatus.RUNNING):
             return RunResult.done(job.status.value)
         if quota.settle(self.session, job, now):
             self.session.add(ApiUsage(
@@ -189,24 +281,27 @@ class GenerationRunner:
                                          "size_bytes": len(audio.data), "attempts": job.attempts})
         return RunResult.done(JobStatus.SUCCEEDED.value)
 
-    def _no_capacity(self, job: Job, extra: dict) -> RunResult:
-        waited = (self.clock() - job.created_at).total_seconds()
-        if waited >= self.settings.max_queue_wait_seconds:
-            return self._fail(job, "upstream_unavailable",
-                              f"No upstream key could take this job within "
-                              f"{self.settings.max_queue_wait_seconds} seconds.", None)
-        log.info("no upstream capacity, job waits", extra={**extra, "event": "job_waiting"})
-        return self._requeue(job, "waiting_for_upstream_capacity", self.settings.capacity_poll_seconds)
+    def _lock_unfinished(self, job: Job, *statuses: JobStatus) -> bool:
+        """Lock the job row and check it is still in one of `statuses` (a cancel may have won)."""
+        self.session.refresh(job, with_for_update=self.session.get_bind().dialect.name == "postgresql")
+        return job.status in statuses
 
     def _requeue(self, job: Job, reason: str, delay: float) -> RunResult:
         now = self.clock()
-        job.status, job.queue_reason, job.lease_until, job.updated_at = JobStatus.QUEUED, reason, None, now
+        changed = self.session.execute(
+            sa.update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, queue_reason=reason, lease_until=None, updated_at=now)
+            .execution_options(synchronize_session=False)).rowcount
         self.session.commit()
-        return RunResult("retry", delay, JobStatus.QUEUED.value)
+        self.session.refresh(job)
+        return RunResult("retry", delay, JobStatus.QUEUED.value) if changed else RunResult.done(job.status.value)
 
     def _fail(self, job: Job, code: str, message: str, key: LeasedKey | None) -> RunResult:
         """Mark the job failed and return its unit, in one transaction."""
         now = self.clock()
+        if not self._lock_unfinished(job, JobStatus.RUNNING, JobStatus.QUEUED):
+            self.session.commit()
+            return RunResult.done(job.status.value)
         if quota.refund(self.session, job, now):
             self.session.add(ApiUsage(
                 user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
@@ -222,9 +317,11 @@ class GenerationRunner:
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
                         upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
+        now = self.clock()
+        started = now - timedelta(milliseconds=latency_ms or 0)
         job.attempts += 1
         self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,
-                                    provider=self.provider.name, started_at=self.clock(),
+                                    provider=self.provider.name, started_at=started,
                                     latency_ms=latency_ms, http_status=http_status,
                                     upstream_code=upstream_code, upstream_cost=cost, outcome=outcome))
 

@@ -1,71 +1,89 @@
-"""The pool of upstream keys: adding and syncing keys, choosing one per call, and health rules.
+"""The pool of upstream keys as a scheduler: global slot leases, choice of key, and health rules.
 
-Choice: among usable keys (active, or cooling down past `cooldown_until`), the least recently used,
-taken with a row lock that skips rows another worker holds, so parallel workers spread over keys.
+Load is a count of live `key_leases` rows (one per call in flight), never a counter that can drift.
+`acquire` runs under one PostgreSQL advisory transaction lock, so across every worker process on
+every machine a key never has more leases than its `max_concurrency`. Holders renew their lease
+while the call runs (see GenerationRunner); a killed worker stops renewing and its slot frees itself
+when the lease expires. Among keys with a free slot the least loaded (by share of its limit) wins,
+then the least recently used. See docs/key-pool.md.
 """
 from __future__ import annotations
 
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..crypto import KeyCipher, fingerprint, last4
-from ..models import ApiKey, ApiKeyStatus
+from ..crypto import KeyCipher, KeyEncryptionError, fingerprint, last4
+from ..models import ApiKey, ApiKeyStatus, JobAttempt, KeyLease
 from ..providers.base import FailureKind, ProviderError
 
 log = logging.getLogger(__name__)
 
+# One number for the whole pool: acquisitions are serialised on it (each takes a few milliseconds).
+_POOL_LOCK_ID = 0x5F5_0001
+
+CONCURRENCY_PAUSE = timedelta(seconds=1)  # "no cooldown beyond a moment"
 BUSY_COOLDOWN_BASE = timedelta(seconds=15)
 BUSY_COOLDOWN_MAX = timedelta(minutes=10)
-QUOTA_COOLDOWN = timedelta(hours=1)
+QUOTA_COOLDOWN_FALLBACK = timedelta(hours=1)
+TRANSIENT_WINDOW = timedelta(seconds=60)
+TRANSIENT_THRESHOLD = 3  # this many transient failures inside the window cool the key
+TRANSIENT_COOLDOWN = timedelta(seconds=30)
+DISABLING_CODES = {"invalid_api_key", "detected_unusual_activity", "missing_permissions"}
 
 
 @dataclass(frozen=True)
 class LeasedKey:
-    """A key chosen for one call. `secret` lives only in memory and is never logged."""
+    """A key chosen for one call and the lease that holds its slot. `secret` is never logged."""
 
     id: uuid.UUID
     name: str
     last4: str
     secret: str
+    lease_id: uuid.UUID
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"LeasedKey(name={self.name!r}, last4={self.last4!r})"
 
 
+def _today(now: datetime) -> Any:
+    return now.astimezone(timezone.utc).date()
+
+
 class KeyPool:
-    """Key pool operations; the caller owns the transaction."""
+    """Key pool operations on a session; methods flush, the caller commits (promptly, after acquire)."""
 
     def __init__(self, session: Session, cipher: KeyCipher | None, clock: Callable[[], datetime],
-                 default_concurrency: int = 2) -> None:
+                 default_concurrency: int = 2, lease_seconds: int = 30) -> None:
         self.session = session
         self.cipher = cipher
         self.clock = clock
         self.default_concurrency = default_concurrency
+        self.lease = timedelta(seconds=lease_seconds)
 
     def _require_cipher(self) -> KeyCipher:
         if self.cipher is None:
-            from ..crypto import KeyEncryptionError
             raise KeyEncryptionError("KEY_ENCRYPTION_KEY is required when upstream keys are stored")
         return self.cipher
 
+    # -- membership --------------------------------------------------------------------------------
     def add(self, name: str, secret: str, max_concurrency: int | None = None,
             daily_limit: int | None = None) -> tuple[ApiKey, bool]:
         """Store a key (encrypted); returns (key, created). A known secret is not stored twice."""
         secret = secret.strip()
         if not secret:
             raise ValueError("an upstream key cannot be empty")
-        existing = self.session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == fingerprint(secret))).first()
+        existing = self.by_secret(secret)
         if existing is not None:
             return existing, False
         key = ApiKey(key_name=name, key_hash=fingerprint(secret), encrypted_key=self._require_cipher().encrypt(secret),
                      last4=last4(secret), max_concurrency=max_concurrency or self.default_concurrency,
-                     status=ApiKeyStatus.ACTIVE)
+                     status=ApiKeyStatus.ACTIVE, created_at=self.clock())
         if daily_limit is not None:
             key.daily_limit = daily_limit
         self.session.add(key)
@@ -73,67 +91,175 @@ class KeyPool:
         log.info("upstream key added", extra={"event": "key_added", "key": name})
         return key, True
 
-    def sync(self, secrets: list[str]) -> list[ApiKey]:
+    def by_secret(self, secret: str) -> ApiKey | None:
+        return self.session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == fingerprint(secret.strip()))).first()
+
+    def sync(self, secrets: Iterable[str]) -> list[ApiKey]:
         """Import keys from configuration by fingerprint; returns the keys created."""
         created = []
-        for index, secret in enumerate(secrets, start=1):
+        for secret in secrets:
             key, was_created = self.add(f"env-{fingerprint(secret)[:8]}", secret)
             if was_created:
                 created.append(key)
         return created
 
-    def acquire(self, exclude: set[uuid.UUID] = frozenset()) -> LeasedKey | None:
-        """The next usable key (least recently used), marked used; None when none can take a call."""
-        now = self.clock()
-        usable = sa.or_(
-            ApiKey.status == ApiKeyStatus.ACTIVE,
-            sa.and_(ApiKey.status == ApiKeyStatus.RATE_LIMITED, ApiKey.cooldown_until <= now),
-        )
-        query = (sa.select(ApiKey).where(usable, ApiKey.daily_usage < ApiKey.daily_limit)
-                 .order_by(ApiKey.last_used.asc().nulls_first(), ApiKey.created_at.asc()).limit(1))
-        if exclude:
-            query = query.where(ApiKey.id.not_in(list(exclude)))
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        key = self.session.scalars(query).first()
-        if key is None:
-            return None
-        if key.status == ApiKeyStatus.RATE_LIMITED:
-            key.status, key.status_reason, key.cooldown_until = ApiKeyStatus.ACTIVE, None, None
-        key.last_used = now
-        key.daily_usage += 1
-        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4,
-                         secret=self._require_cipher().decrypt(key.encrypted_key))
+    def rotate_encryption(self) -> int:
+        """Re-encrypt every stored key under the newest KEY_ENCRYPTION_KEY; returns how many."""
+        cipher = self._require_cipher()
+        keys = self.session.scalars(sa.select(ApiKey)).all()
+        for key in keys:
+            key.encrypted_key = cipher.rotate(key.encrypted_key)
+        return len(keys)
 
+    def secret_of(self, key: ApiKey) -> str:
+        return self._require_cipher().decrypt(key.encrypted_key)
+
+    # -- scheduling ----------------------------------------------------------------------------------
+    def loads(self, now: datetime | None = None) -> dict[uuid.UUID, int]:
+        """Calls in flight per key: its live leases."""
+        now = now or self.clock()
+        rows = self.session.execute(
+            sa.select(KeyLease.api_key_id, sa.func.count()).where(KeyLease.expires_at > now)
+            .group_by(KeyLease.api_key_id))
+        return {key_id: count for key_id, count in rows}
+
+    def _usable(self, now: datetime):
+        cooled = sa.or_(ApiKey.cooldown_until.is_(None), ApiKey.cooldown_until <= now)
+        under_daily = sa.or_(ApiKey.daily_usage_date.is_(None), ApiKey.daily_usage_date < _today(now),
+                             ApiKey.daily_usage < ApiKey.daily_limit)
+        status_ok = sa.or_(ApiKey.status == ApiKeyStatus.ACTIVE, ApiKey.status == ApiKeyStatus.RATE_LIMITED)
+        return sa.and_(status_ok, cooled, under_daily)
+
+    def acquire(self, job_id: uuid.UUID | None = None, holder: str | None = None,
+                exclude: Iterable[uuid.UUID] = ()) -> LeasedKey | None:
+        """Lease a slot on the best key, or None when no key can take a call now."""
+        now = self.clock()
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID)))
+        excluded = set(exclude)
+        candidates = [k for k in self.session.scalars(sa.select(ApiKey).where(self._usable(now)))
+                      if k.id not in excluded]
+        if not candidates:
+            return None
+        loads = self.loads(now)
+        free = [k for k in candidates if loads.get(k.id, 0) < k.max_concurrency]
+        if not free:
+            return None
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        key = min(free, key=lambda k: (loads.get(k.id, 0) / k.max_concurrency, k.last_used or oldest,
+                                       k.created_at))
+        lease = KeyLease(id=uuid.uuid4(), api_key_id=key.id, job_id=job_id, holder=holder,
+                         acquired_at=now, expires_at=now + self.lease)
+        self.session.add(lease)
+        if key.status == ApiKeyStatus.RATE_LIMITED:  # its cooldown has passed
+            key.status, key.status_reason, key.cooldown_until = ApiKeyStatus.ACTIVE, None, None
+        if key.daily_usage_date != _today(now):
+            key.daily_usage, key.daily_usage_date = 0, _today(now)
+        key.daily_usage += 1
+        key.last_used = now
+        self.session.flush()
+        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
+                         lease_id=lease.id)
+
+    def release(self, lease_id: uuid.UUID) -> None:
+        """Free the slot at once (the call is over)."""
+        self.session.execute(sa.delete(KeyLease).where(KeyLease.id == lease_id))
+
+    # -- health ------------------------------------------------------------------------------------
     def report_success(self, key_id: uuid.UUID) -> None:
         """A call on this key worked: its failure streak ends."""
         self.session.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(consecutive_failures=0))
 
-    def report_failure(self, key_id: uuid.UUID, error: ProviderError) -> None:
-        """Apply the health rule for this failure to the key."""
-        key = self.session.get(ApiKey, key_id)
+    def report_failure(self, key_id: uuid.UUID, error: ProviderError, reset_at: datetime | None = None) -> None:
+        """Apply the health rule for this failure to the key (docs/key-pool.md has the table)."""
+        key = self.session.get(ApiKey, key_id, with_for_update=self._lock_rows())
         if key is None:
             return
         now = self.clock()
+        code = error.upstream_code or str(error.http_status or error.kind.value)
         if error.kind == FailureKind.KEY_INVALID:
-            key.status = ApiKeyStatus.DISABLED
-            key.status_reason = f"upstream said {error.upstream_code or error.http_status}"
+            self._set(key, ApiKeyStatus.DISABLED, f"upstream answered {code}", None)
         elif error.kind == FailureKind.KEY_QUOTA:
-            key.status = ApiKeyStatus.RATE_LIMITED
-            key.status_reason = "upstream credits exhausted"
-            key.cooldown_until = now + QUOTA_COOLDOWN
+            until = reset_at if reset_at and reset_at > now else now + QUOTA_COOLDOWN_FALLBACK
+            self._set(key, ApiKeyStatus.RATE_LIMITED, "upstream credits exhausted until their reset", until)
+            key.credits_remaining = 0
+        elif error.kind == FailureKind.KEY_CONCURRENCY:
+            self._set(key, ApiKeyStatus.RATE_LIMITED, "at its upstream concurrency limit", now + CONCURRENCY_PAUSE)
         elif error.kind == FailureKind.UPSTREAM_BUSY:
             key.consecutive_failures += 1
             backoff = min(BUSY_COOLDOWN_BASE * (2 ** (key.consecutive_failures - 1)), BUSY_COOLDOWN_MAX)
             if error.retry_after:
                 backoff = max(backoff, timedelta(seconds=error.retry_after))
-            key.status = ApiKeyStatus.RATE_LIMITED
-            key.status_reason = f"upstream busy ({error.upstream_code or error.http_status})"
-            key.cooldown_until = now + backoff
+            self._set(key, ApiKeyStatus.RATE_LIMITED, f"upstream busy ({code})", now + backoff)
         elif error.kind == FailureKind.TRANSIENT:
             key.consecutive_failures += 1
-        # KEY_CONCURRENCY: the key is fine, just full right now; REJECTED: our request, not the key.
-        if key.status != ApiKeyStatus.ACTIVE:
-            log.warning("upstream key taken out of rotation",
-                        extra={"event": "key_status", "key": key.key_name, "status": key.status.value,
-                               "reason": key.status_reason})
+            recent = self.session.scalar(
+                sa.select(sa.func.count()).select_from(JobAttempt)
+                .where(JobAttempt.api_key_id == key_id, JobAttempt.outcome == FailureKind.TRANSIENT.value,
+                       JobAttempt.started_at > now - TRANSIENT_WINDOW)) or 0
+            if recent >= TRANSIENT_THRESHOLD:
+                self._set(key, ApiKeyStatus.RATE_LIMITED,
+                          f"{recent} transient failures in {int(TRANSIENT_WINDOW.total_seconds())} s",
+                          now + TRANSIENT_COOLDOWN)
+        # REJECTED: our request was wrong, not the key.
+
+    def _set(self, key: ApiKey, status: ApiKeyStatus, reason: str, until: datetime | None) -> None:
+        key.status, key.status_reason, key.cooldown_until = status, reason, until
+        log.warning("upstream key status changed",
+                    extra={"event": "key_status", "key": key.key_name, "status": status.value, "reason": reason,
+                           "cooldown_until": until.isoformat() if until else None})
+
+    def _lock_rows(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    def probe(self, key: ApiKey, client: Any) -> dict:
+        """Ask the upstream about the key (credits, validity) and apply what it says; returns a summary."""
+        now = self.clock()
+        key.last_checked_at = now
+        try:
+            info = client.get_subscription(self.secret_of(key))
+        except ProviderError as error:
+            if error.kind == FailureKind.KEY_INVALID and error.upstream_code == "missing_permissions":
+                # A key limited to some endpoints may refuse this probe and still generate.
+                return {"ok": True, "note": "subscription endpoint not permitted for this key"}
+            if error.kind in (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA):
+                self.report_failure(key.id, error)
+            return {"ok": False, "error": error.upstream_code or error.kind.value}
+        limit, used = info.get("character_limit"), info.get("character_count")
+        reset_unix = info.get("next_character_count_reset_unix")
+        key.tier = str(info.get("tier"))[:32] if info.get("tier") is not None else key.tier
+        key.credits_reset_at = datetime.fromtimestamp(reset_unix, timezone.utc) if reset_unix else None
+        if isinstance(limit, int) and isinstance(used, int):
+            key.credits_remaining = max(limit - used, 0)
+            if key.credits_remaining == 0 and key.status != ApiKeyStatus.DISABLED:
+                until = key.credits_reset_at if key.credits_reset_at and key.credits_reset_at > now \
+                    else now + QUOTA_COOLDOWN_FALLBACK
+                self._set(key, ApiKeyStatus.RATE_LIMITED, "upstream credits exhausted until their reset", until)
+        return {"ok": True, "credits_remaining": key.credits_remaining, "tier": key.tier}
+
+    def maintain(self) -> dict[str, int]:
+        """Periodic care: end passed cooldowns, start new days' counts, forget long-dead leases."""
+        now = self.clock()
+        reenabled = self.session.execute(
+            sa.update(ApiKey).where(ApiKey.status == ApiKeyStatus.RATE_LIMITED, ApiKey.cooldown_until <= now)
+            .values(status=ApiKeyStatus.ACTIVE, status_reason=None, cooldown_until=None)
+            .execution_options(synchronize_session=False)).rowcount
+        reset = self.session.execute(
+            sa.update(ApiKey).where(ApiKey.daily_usage_date < _today(now))
+            .values(daily_usage=0, daily_usage_date=_today(now)).execution_options(synchronize_session=False)).rowcount
+        purged = self.session.execute(
+            sa.delete(KeyLease).where(KeyLease.expires_at < now - timedelta(minutes=10))
+            .execution_options(synchronize_session=False)).rowcount
+        return {"reenabled": reenabled, "daily_reset": reset, "leases_purged": purged}
+
+
+def renew_leases(connection: sa.Connection, now: datetime, key_lease_id: uuid.UUID | None, key_lease: timedelta,
+                 job_id: uuid.UUID, job_lease: timedelta) -> None:
+    """Heartbeat: push the key lease and the job lease forward while the upstream call runs."""
+    from ..models import Job, JobStatus
+
+    if key_lease_id is not None:
+        connection.execute(sa.update(KeyLease).where(KeyLease.id == key_lease_id)
+                           .values(expires_at=now + key_lease))
+    connection.execute(sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                       .values(lease_until=now + job_lease))

@@ -33,6 +33,7 @@ def make_runner(app, pool):
 
     def _make(provider=None, storage=None, **settings) -> GenerationRunner:
         settings.setdefault("retry_base_seconds", 0.01)
+        settings.setdefault("capacity_wait_inline_seconds", 0)
         return GenerationRunner(db.session, provider or SynthProvider(), storage or rt.storage, pool,
                                 rt.clock, RunnerSettings(**settings), sleep=lambda s: None)
     return _make

@@ -1,0 +1,229 @@
+"""The key pool as a scheduler, on PostgreSQL: global slot limits, choice, leases and health rules."""
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlalchemy.orm import Session
+
+from sfx_backend.crypto import KeyCipher
+from sfx_backend.extensions import db
+from sfx_backend.models import ApiKey, ApiKeyStatus, JobAttempt, KeyLease, utcnow
+from sfx_backend.providers.base import FailureKind, ProviderError
+from sfx_backend.providers.elevenlabs import ElevenLabsClient
+from sfx_backend.services.key_pool import KeyPool
+from tests.support.fake_elevenlabs import FakeElevenLabs
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += timedelta(**delta)
+
+
+def _pool(app, session=None, clock=None, lease_seconds=30) -> KeyPool:
+    return KeyPool(session or db.session, app.extensions["sfx"].cipher, clock or utcnow, 2, lease_seconds)
+
+
+def _keys(pool: KeyPool, *specs: tuple[str, int]) -> list[ApiKey]:
+    keys = [pool.add(name, f"secret-{name}-{uuid.uuid4().hex[:6]}", max_concurrency=limit)[0]
+            for name, limit in specs]
+    db.session.commit()
+    return keys
+
+
+def test_concurrent_acquisitions_never_exceed_any_keys_limit(app):
+    _keys(_pool(app), ("a", 2), ("b", 3), ("c", 1))
+    engine = sa.create_engine(db.engine.url.render_as_string(hide_password=False), pool_size=40, max_overflow=0)
+    barrier = threading.Barrier(40)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with Session(engine) as session:
+            pool = _pool(app, session)
+            barrier.wait()
+            leased = pool.acquire(job_id=uuid.uuid4(), holder="t")
+            session.commit()
+            if leased:
+                with lock:
+                    got.append(leased.name)
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    engine.dispose()
+    assert sorted(got) == ["a", "a", "b", "b", "b", "c"]
+    loads = _pool(app).loads()
+    limits = {k.id: k.max_concurrency for k in db.session.query(ApiKey)}
+    assert all(loads[key_id] <= limits[key_id] for key_id in loads)
+
+
+def test_the_least_loaded_key_wins_then_the_least_recently_used(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    big, small = _keys(pool, ("big", 4), ("small", 2))
+    first = pool.acquire()
+    clock.advance(seconds=1)
+    second = pool.acquire()
+    clock.advance(seconds=1)
+    third = pool.acquire()
+    db.session.commit()
+    # Both idle: the never-used one first (big is older); then small (0/2 beats big's 1/4);
+    # then big (1/4 beats small's 1/2).
+    assert [first.name, second.name, third.name] == ["big", "small", "big"]
+
+
+def test_a_released_slot_is_free_again(app):
+    pool = _pool(app)
+    _keys(pool, ("only", 1))
+    leased = pool.acquire()
+    assert pool.acquire() is None
+    pool.release(leased.lease_id)
+    assert pool.acquire() is not None
+
+
+def test_an_expired_lease_frees_its_slot_without_anyone_releasing_it(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock, lease_seconds=5)
+    _keys(pool, ("only", 1))
+    assert pool.acquire(holder="killed worker") is not None
+    assert pool.acquire() is None
+    clock.advance(seconds=6)
+    assert pool.acquire() is not None
+
+
+def test_daily_limit_stops_a_key_until_the_next_utc_day(app):
+    clock = Clock()
+    clock.now = datetime(2026, 11, 27, 23, 59, tzinfo=timezone.utc)
+    pool = _pool(app, clock=clock)
+    key, = _keys(pool, ("daily", 5))
+    key.daily_limit = 2
+    db.session.commit()
+    for _ in range(2):
+        pool.release(pool.acquire().lease_id)
+    assert pool.acquire() is None
+    clock.advance(minutes=2)
+    leased = pool.acquire()
+    assert leased is not None
+    db.session.refresh(key)
+    assert key.daily_usage == 1 and key.daily_usage_date.isoformat() == "2026-11-28"
+
+
+def _error(kind, code=None, status=None, retry_after=None):
+    return ProviderError(kind, "upstream said no", http_status=status, upstream_code=code, retry_after=retry_after)
+
+
+def test_health_rules_per_failure_kind(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    dead, broke, full, busy, flaky, wrong = _keys(pool, *[(n, 2) for n in
+                                                          ("dead", "broke", "full", "busy", "flaky", "wrong")])
+    reset = clock.now + timedelta(hours=5)
+    pool.report_failure(dead.id, _error(FailureKind.KEY_INVALID, "invalid_api_key", 401))
+    pool.report_failure(broke.id, _error(FailureKind.KEY_QUOTA, "quota_exceeded", 401), reset_at=reset)
+    pool.report_failure(full.id, _error(FailureKind.KEY_CONCURRENCY, "too_many_concurrent_requests", 429))
+    pool.report_failure(busy.id, _error(FailureKind.UPSTREAM_BUSY, "system_busy", 429, retry_after=90))
+    pool.report_failure(flaky.id, _error(FailureKind.TRANSIENT, None, 500))
+    pool.report_failure(wrong.id, _error(FailureKind.REJECTED, None, 422))
+    db.session.commit()
+    assert (dead.status, dead.status_reason) == (ApiKeyStatus.DISABLED, "upstream answered invalid_api_key")
+    assert broke.status == ApiKeyStatus.RATE_LIMITED and broke.cooldown_until == reset
+    assert full.cooldown_until <= clock.now + timedelta(seconds=1)
+    assert busy.status == ApiKeyStatus.RATE_LIMITED and busy.cooldown_until >= clock.now + timedelta(seconds=90)
+    assert flaky.status == ApiKeyStatus.ACTIVE and flaky.consecutive_failures == 1  # one error never disables
+    assert wrong.status == ApiKeyStatus.ACTIVE
+
+
+def test_system_busy_cooldowns_grow_exponentially(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    key, = _keys(pool, ("busy", 2))
+    cooldowns = []
+    for _ in range(3):
+        pool.report_failure(key.id, _error(FailureKind.UPSTREAM_BUSY, "system_busy", 429))
+        cooldowns.append((key.cooldown_until - clock.now).total_seconds())
+    assert cooldowns == [15, 30, 60]
+
+
+def test_repeated_transient_failures_in_the_window_cool_the_key(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    key, = _keys(pool, ("flaky", 2))
+    for _ in range(3):
+        db.session.add(JobAttempt(job_id=_job_id(app), api_key_id=key.id, provider="elevenlabs",
+                                  started_at=clock.now, outcome="transient", http_status=502))
+        db.session.flush()
+        pool.report_failure(key.id, _error(FailureKind.TRANSIENT, None, 502))
+    assert key.status == ApiKeyStatus.RATE_LIMITED and "transient" in key.status_reason
+    assert pool.acquire() is None
+    clock.advance(seconds=31)
+    assert pool.acquire() is not None  # the cooldown passed: back in rotation, never disabled
+
+
+def _job_id(app):
+    """A job row for attempts to hang on."""
+    from sfx_backend.models import Job, User
+    from sfx_backend.services.jobs import GenerationParams, JobService
+
+    user = db.session.query(User).first()
+    if user is None:
+        user = User(email=f"k-{uuid.uuid4().hex[:6]}@example.com", password_hash="x")
+        db.session.add(user)
+        db.session.flush()
+    job, _ = JobService(db.session, utcnow, 100).submit(user, GenerationParams(prompt="x"))
+    return job.id
+
+
+def test_maintenance_ends_passed_cooldowns_and_purges_dead_leases(app):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    key, = _keys(pool, ("cool", 2))
+    assert pool.acquire(holder="a worker that died") is not None
+    pool.report_failure(key.id, _error(FailureKind.UPSTREAM_BUSY, "system_busy", 429))
+    db.session.commit()
+    clock.advance(hours=1)
+    summary = pool.maintain()
+    db.session.commit()
+    db.session.refresh(key)
+    assert summary["reenabled"] == 1 and key.status == ApiKeyStatus.ACTIVE and key.status_reason is None
+    assert summary["leases_purged"] == 1 and db.session.query(KeyLease).count() == 0
+
+
+def test_probe_reads_credits_and_parks_an_exhausted_key_until_its_reset(app):
+    pool = _pool(app)
+    with FakeElevenLabs(keys={}) as fake:
+        fake.set_key("rich-key-0001", concurrency=5, credits=1000, used=250, tier="creator")
+        fake.set_key("poor-key-0002", concurrency=5, credits=1000, used=1000)
+        rich, _ = pool.add("rich", "rich-key-0001")
+        poor, _ = pool.add("poor", "poor-key-0002")
+        dead, _ = pool.add("dead", "dead-key-0003")
+        client = ElevenLabsClient(base_url=fake.url)
+        results = [pool.probe(k, client) for k in (rich, poor, dead)]
+        client.close()
+    assert results[0] == {"ok": True, "credits_remaining": 750, "tier": "creator"}
+    assert rich.status == ApiKeyStatus.ACTIVE and rich.last_checked_at is not None
+    assert poor.status == ApiKeyStatus.RATE_LIMITED and poor.cooldown_until == poor.credits_reset_at
+    assert dead.status == ApiKeyStatus.DISABLED and results[2]["ok"] is False
+
+
+def test_rotating_the_encryption_key_keeps_every_secret_readable(app):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    pool = KeyPool(db.session, KeyCipher([old]), utcnow)
+    key, _ = pool.add("rotating", "the-upstream-secret")
+    rotated = KeyPool(db.session, KeyCipher([new, old]), utcnow)
+    assert rotated.rotate_encryption() == 1
+    only_new = KeyPool(db.session, KeyCipher([new]), utcnow)
+    assert only_new.secret_of(key) == "the-upstream-secret"
