@@ -74,6 +74,14 @@ def keys_sync() -> None:
     click.echo(f"{len(secrets)} configured, {len(created)} new")
 
 
+@keys_cli.command("rotate-encryption")
+def keys_rotate_encryption() -> None:
+    """Re-encrypt every stored key under the newest KEY_ENCRYPTION_KEY (list it first, keep the old ones after it)."""
+    count = _pool().rotate_encryption()
+    db.session.commit()
+    click.echo(f"re-encrypted {count} keys under the newest KEY_ENCRYPTION_KEY")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)

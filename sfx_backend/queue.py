@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 GENERATE_TASK = "sfx.jobs.generate"
 SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
+KEYS_TASK = "sfx.keys.maintain"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -53,6 +54,8 @@ def make_celery(app: Flask) -> Celery:
         enable_utc=True,
         beat_schedule={
             "sweep-stranded-jobs": {"task": SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
+            "maintain-key-pool": {"task": KEYS_TASK,
+                                  "schedule": float(cfg["KEY_MAINTENANCE_INTERVAL_SECONDS"])},
         },
     )
     celery.set_default()

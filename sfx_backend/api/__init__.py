@@ -6,10 +6,10 @@ from flask_smorest import Api
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
-    from . import auth, files, health, jobs, usage, users
+    from . import admin_keys, auth, files, health, jobs, usage, users
 
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    for module in (auth, users, jobs, usage, health):
+    for module in (auth, users, jobs, usage, health, admin_keys):
         api.register_blueprint(module.blp)
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API

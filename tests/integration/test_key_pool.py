@@ -227,3 +227,33 @@ def test_rotating_the_encryption_key_keeps_every_secret_readable(app):
     assert rotated.rotate_encryption() == 1
     only_new = KeyPool(db.session, KeyCipher([new]), utcnow)
     assert only_new.secret_of(key) == "the-upstream-secret"
+
+
+def test_the_beat_task_probes_due_keys_and_ends_passed_cooldowns(app):
+    from workers.keys import maintain_key_pool
+
+    pool = _pool(app)
+    with FakeElevenLabs(keys={}) as fake:
+        fake.set_key("probe-key-0001", concurrency=5, credits=500, used=100)
+        app.config["ELEVEN_LABS_BASE_URL"] = fake.url
+        key, _ = pool.add("probed", "probe-key-0001")
+        cooled, _ = pool.add("cooled", "probe-key-0002")
+        cooled.status, cooled.cooldown_until = ApiKeyStatus.RATE_LIMITED, utcnow() - timedelta(seconds=1)
+        cooled.last_checked_at = utcnow()  # checked recently: not probed again
+        db.session.commit()
+        summary = maintain_key_pool.run()
+    assert summary["reenabled"] == 1 and summary["probed"] == 1
+    db.session.refresh(key)
+    db.session.refresh(cooled)
+    assert key.credits_remaining == 400 and cooled.status == ApiKeyStatus.ACTIVE
+
+
+def test_cli_rotate_encryption_re_encrypts_every_key(app):
+    pool = _pool(app)
+    key, _ = pool.add("rot", "the-secret-to-rotate")
+    db.session.commit()
+    before = key.encrypted_key
+    result = app.test_cli_runner().invoke(args=["keys", "rotate-encryption"])
+    assert result.exit_code == 0 and "re-encrypted 1 keys" in result.output
+    db.session.refresh(key)
+    assert key.encrypted_key != before and pool.secret_of(key) == "the-secret-to-rotate"
