@@ -175,6 +175,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAIL_FROM": env.get("MAIL_FROM") or "sfx-backend <no-reply@localhost>",
         # operations
         "FLOWER_BASIC_AUTH": env.get("FLOWER_BASIC_AUTH") or None,
+        "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
+        # prometheus_client reads this one itself as it loads; it is here so /metrics sees it too
+        "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        "WORKER_METRICS_PORT": _int(env, "WORKER_METRICS_PORT", 0) or None,
+        "WORKER_METRICS_HOST": env.get("WORKER_METRICS_HOST") or "127.0.0.1",
         "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
         "RATELIMIT_HEADERS_ENABLED": True,

@@ -11,7 +11,14 @@ flask_app = create_app()
 celery = flask_app.extensions["celery"]
 app = celery  # `celery -A workers` looks for `app` or `celery`
 
-from . import jobs, keys, maintenance  # noqa: E402,F401 - registers the tasks
+from . import accounts, jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
+
+
+@worker_init.connect
+def _serve_worker_metrics(**_: object) -> None:
+    """Upstream calls by key and job latency are counted here: serve them on WORKER_METRICS_PORT."""
+    from sfx_backend.metrics import start_worker_exporter
+    start_worker_exporter(flask_app.config)
 
 
 @worker_init.connect

@@ -13,3 +13,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
     for module in (auth, users, jobs, usage, health, admin_keys):
         api.register_blueprint(module.blp)
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
+    from . import metrics  # Prometheus text, documented with its own (optional) token scheme
+    api.spec.components.security_scheme(
+        "metricsToken", {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"})
+    api.register_blueprint(metrics.blp)
