@@ -27,7 +27,7 @@ from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
 from . import quota
-from .key_pool import KeyPool, LeasedKey, renew_leases
+from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class GenerationRunner:
     def __init__(self, session: Session, provider: SoundProvider, storage: Storage,
                  key_pool: KeyPool | None, clock: Callable[[], datetime],
                  settings: RunnerSettings = RunnerSettings(),
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 wait_for_slot: Callable[[float], None] = slot_freed.wait) -> None:
         self.session = session
         self.provider = provider
         self.storage = storage
@@ -80,6 +81,7 @@ class GenerationRunner:
         self.clock = clock
         self.settings = settings
         self.sleep = sleep
+        self.wait_for_slot = wait_for_slot
 
     # -- the one public step ---------------------------------------------------------------------
     def run(self, job_id: uuid.UUID) -> RunResult:
@@ -109,6 +111,8 @@ class GenerationRunner:
                 self.key_pool.release(key.lease_id)
                 self.key_pool.report_success(key.id)
             self.session.commit()
+            if key is not None:
+                slot_freed.notify()
             return self._store_and_finish(job, key, audio, extra)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -149,13 +153,14 @@ class GenerationRunner:
         while time.monotonic() - waited_since < self.settings.capacity_wait_inline_seconds:
             if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
                 break
-            self.sleep(self.settings.capacity_check_interval)
+            self.wait_for_slot(self.settings.capacity_check_interval)
             key = self._try_acquire(job, set())
             if key is None:
                 continue
             if self._claim(job.id) is None:  # canceled or taken over while we waited
                 self.key_pool.release(key.lease_id)
                 self.session.commit()
+                slot_freed.notify()
                 return None, RunResult.done()
             self.session.refresh(job)
             return key, None
@@ -219,6 +224,8 @@ class GenerationRunner:
             self.key_pool.release(key.lease_id)
             self.key_pool.report_failure(key.id, error, reset_at=self._credit_reset(key, error))
         self.session.commit()
+        if key is not None:
+            slot_freed.notify()
         log.warning("upstream call failed", extra={**extra, "event": "upstream_error",
                                                    "key": key.name if key else None,
                                                    "kind": error.kind.value, "code": error.upstream_code,

@@ -10,6 +10,7 @@ then the least recently used. See docs/key-pool.md.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -35,6 +36,27 @@ TRANSIENT_WINDOW = timedelta(seconds=60)
 TRANSIENT_THRESHOLD = 3  # this many transient failures inside the window cool the key
 TRANSIENT_COOLDOWN = timedelta(seconds=30)
 DISABLING_CODES = {"invalid_api_key", "detected_unusual_activity", "missing_permissions"}
+
+
+class SlotSignal:
+    """Wakes a thread of this process that waits for a slot as soon as another thread frees one.
+
+    Waiters also re-check on a short timeout, which covers slots freed by other processes.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+
+    def notify(self) -> None:
+        with self._condition:
+            self._condition.notify()
+
+    def wait(self, timeout: float) -> None:
+        with self._condition:
+            self._condition.wait(timeout)
+
+
+slot_freed = SlotSignal()
 
 
 @dataclass(frozen=True)
@@ -134,15 +156,15 @@ class KeyPool:
                 exclude: Iterable[uuid.UUID] = ()) -> LeasedKey | None:
         """Lease a slot on the best key, or None when no key can take a call now."""
         now = self.clock()
+        excluded = set(exclude)
+        # A look without the lock first: when the pool is full (the common case for waiters) we
+        # answer at once and leave the lock to the threads that free and take slots.
+        if not self._free_candidates(now, excluded):
+            return None
         if self.session.get_bind().dialect.name == "postgresql":
             self.session.execute(sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID)))
-        excluded = set(exclude)
-        candidates = [k for k in self.session.scalars(sa.select(ApiKey).where(self._usable(now)))
-                      if k.id not in excluded]
-        if not candidates:
-            return None
         loads = self.loads(now)
-        free = [k for k in candidates if loads.get(k.id, 0) < k.max_concurrency]
+        free = self._free_candidates(now, excluded, loads)
         if not free:
             return None
         oldest = datetime.min.replace(tzinfo=timezone.utc)
@@ -160,6 +182,14 @@ class KeyPool:
         self.session.flush()
         return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
                          lease_id=lease.id)
+
+    def _free_candidates(self, now: datetime, excluded: set[uuid.UUID],
+                         loads: dict[uuid.UUID, int] | None = None) -> list[ApiKey]:
+        loads = self.loads(now) if loads is None else loads
+        # populate_existing: rows read before the lock must not leave stale counters in the session.
+        query = sa.select(ApiKey).where(self._usable(now)).execution_options(populate_existing=True)
+        return [k for k in self.session.scalars(query)
+                if k.id not in excluded and loads.get(k.id, 0) < k.max_concurrency]
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
