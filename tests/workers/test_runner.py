@@ -1,9 +1,11 @@
 """The generation runner as the Celery task calls it: real PostgreSQL, real HTTP to a fake upstream."""
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import pytest
 import requests
 
 from sfx_backend.extensions import db
@@ -277,3 +279,59 @@ def test_no_secret_reaches_the_job_or_the_logs(user, make_runner, pool, eleven, 
     for record in caplog.records:
         text += " ".join(str(v) for v in vars(record).values())
     assert "key-alpha-0001" not in text
+
+
+@pytest.mark.parametrize("status, code, expected", [
+    (401, "invalid_api_key", ApiKeyStatus.DISABLED),
+    (401, "detected_unusual_activity", ApiKeyStatus.DISABLED),
+    (401, "missing_permissions", ApiKeyStatus.DISABLED),
+    (401, "quota_exceeded", ApiKeyStatus.RATE_LIMITED),
+    (402, "quota_exceeded", ApiKeyStatus.RATE_LIMITED),
+    (429, "too_many_concurrent_requests", ApiKeyStatus.RATE_LIMITED),
+    (429, "concurrent_limit_exceeded", ApiKeyStatus.RATE_LIMITED),
+])
+def test_each_key_failure_moves_the_call_to_another_key(user, make_runner, pool, eleven, fake_upstream,
+                                                        status, code, expected):
+    first, _ = pool.add("first", "key-alpha-0001")
+    db.session.commit()
+    pool.add("second", "key-bravo-0002")
+    db.session.commit()
+    fake_upstream.script("key-alpha-0001", [("error", status, code)])
+    job_id = _job(user)
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+    db.session.refresh(first)
+    assert first.status == expected
+    assert code in (first.status_reason or "") or expected == ApiKeyStatus.RATE_LIMITED
+    attempts = db.session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.started_at).all()
+    assert [(a.http_status, a.upstream_code) for a in attempts] == [(status, code), (200, None)]
+    assert_ledger_balances(user.id)
+
+
+@pytest.mark.parametrize("code", ["system_busy", "rate_limit_exceeded"])
+def test_upstream_overload_backs_off_and_cools_the_key(user, make_runner, pool, eleven, fake_upstream, code):
+    key, _ = pool.add("busy", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("error", 429, code)])
+    job_id = _job(user)
+    result = make_runner(eleven).run(job_id)
+    assert result.action == "retry"
+    db.session.refresh(key)
+    assert key.status == ApiKeyStatus.RATE_LIMITED and key.cooldown_until > utcnow()
+    assert user.get(f"/jobs/{job_id}").get_json()["queue_reason"] == "retrying_after_upstream_error"
+
+
+def test_a_job_waits_while_every_key_cools_and_runs_when_one_recovers(user, make_runner, pool, eleven):
+    for name, secret in (("alpha", "key-alpha-0001"), ("bravo", "key-bravo-0002")):
+        key, _ = pool.add(name, secret)
+        key.status, key.status_reason = ApiKeyStatus.RATE_LIMITED, "upstream busy (system_busy)"
+        key.cooldown_until = utcnow() + timedelta(seconds=1.0)
+    db.session.commit()
+    job_id = _job(user)
+    runner = make_runner(eleven, capacity_wait_inline_seconds=10, capacity_check_interval=0.05)
+    runner.wait_for_slot = time.sleep
+    result = runner.run(job_id)
+    job = user.get(f"/jobs/{job_id}").get_json()
+    assert result.status == "succeeded" and job["attempts"] == 1
+    waited = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])
+    assert waited >= timedelta(seconds=0.9)
+    assert_ledger_balances(user.id)
