@@ -86,7 +86,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     instance = Path(env.get("INSTANCE_PATH") or DEFAULT_INSTANCE).resolve()
 
     redis_url = env.get("REDIS_URL") or None
-    broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://"
+    broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://localhost//"
     keys = _csv(env.get("ELEVEN_LABS_API_KEYS"))
     provider = (env.get("SFX_PROVIDER") or "").strip().lower() or ("elevenlabs" if keys else "synth")
     if provider not in {"elevenlabs", "synth"}:
