@@ -1,12 +1,16 @@
 """All models, imported here so Alembic and the app see every table."""
+from .audit import AuditEntry
 from .billing import PlanType, Subscription, SubscriptionStatus
+from .deletion import StorageDeletion
 from .job import FINISHED, Job, JobAttempt, JobStatus, OutputFormat, QuotaState
 from .key_pool import ApiKey, ApiKeyStatus, KeyLease
+from .notification import Notification, NotificationKind, NotificationStatus
 from .types import utcnow
 from .usage import ApiUsage, MonthlyUsage
 from .user import AuthSession, User, UserRole, UserStatus
 
 __all__ = [
+    "AuditEntry", "Notification", "NotificationKind", "NotificationStatus", "StorageDeletion",
     "ApiKey", "ApiKeyStatus", "ApiUsage", "AuthSession", "FINISHED", "Job", "JobAttempt", "JobStatus", "KeyLease",
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
     "User", "UserRole", "UserStatus", "utcnow",

@@ -53,6 +53,8 @@ class Job(db.Model):
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     provider: Mapped[str | None] = mapped_column(sa.String(32))
+    # The plan whose allowance the job counted against ("trial", "pro", ...): per-plan statistics.
+    plan: Mapped[str | None] = mapped_column(sa.String(16))
     attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     queue_reason: Mapped[str | None] = mapped_column(sa.String(64))
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
@@ -75,6 +77,7 @@ class Job(db.Model):
         sa.UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_id_idempotency_key"),
         sa.Index("idx_jobs_user_created", "user_id", "created_at"),
         sa.Index("idx_jobs_status", "status"),
+        sa.Index("idx_jobs_created_at", "created_at"),
     )
 
     @property

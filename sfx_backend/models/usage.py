@@ -64,4 +64,5 @@ class ApiUsage(db.Model):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
-    __table_args__ = (sa.Index("idx_api_usage_user_created", "user_id", "created_at"),)
+    __table_args__ = (sa.Index("idx_api_usage_user_created", "user_id", "created_at"),
+                      sa.Index("idx_api_usage_created_at", "created_at"))
