@@ -173,6 +173,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SMTP_USER": env.get("SMTP_USER") or None,
         "SMTP_PASS": env.get("SMTP_PASS") or None,
         "MAIL_FROM": env.get("MAIL_FROM") or "sfx-backend <no-reply@localhost>",
+        "SMTP_TIMEOUT": _float(env, "SMTP_TIMEOUT", 10.0),
         # operations
         "FLOWER_BASIC_AUTH": env.get("FLOWER_BASIC_AUTH") or None,
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,

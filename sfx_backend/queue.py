@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 GENERATE_TASK = "sfx.jobs.generate"
 SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
 KEYS_TASK = "sfx.keys.maintain"
+NOTIFY_TASK = "sfx.notifications.deliver"
+NOTIFY_SWEEP_TASK = "sfx.notifications.sweep"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -56,6 +58,7 @@ def make_celery(app: Flask) -> Celery:
             "sweep-stranded-jobs": {"task": SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
             "maintain-key-pool": {"task": KEYS_TASK,
                                   "schedule": float(cfg["KEY_MAINTENANCE_INTERVAL_SECONDS"])},
+            "resend-owed-emails": {"task": NOTIFY_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
         },
     )
     celery.set_default()

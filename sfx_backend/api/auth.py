@@ -1,13 +1,14 @@
 """POST /auth/register, /auth/login, /auth/refresh, /auth/logout; GET /auth/verify."""
 from __future__ import annotations
 
-from flask import g
+from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from ..auth import issue_tokens, revoke_current_session
 from ..extensions import db
 from ..runtime import runtime
+from ..services import notifications
 from ..services.users import UserService
 from .common import BEARER, problem_responses
 from .schemas import (AuthResultSchema, LoginSchema, MessageSchema, RegisterSchema, TokenPairSchema,
@@ -25,10 +26,11 @@ def _users() -> UserService:
 @blp.response(201, AuthResultSchema)
 @problem_responses(blp, 400, 409, 422)
 def register(body):
-    """Create an account (status `trial`) and log it in."""
+    """Create an account (status `trial`) and log it in. A welcome email follows."""
     rt = runtime()
     user = _users().register(body["email"], body["password"], body.get("first_name"), body.get("last_name"))
     tokens = issue_tokens(user, rt.clock())
+    notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock())
     db.session.commit()
     return {"user": user, **tokens}
 
