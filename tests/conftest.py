@@ -71,6 +71,9 @@ def make_environ(database_url: str, instance: Path, encryption_key: str, **extra
         "CELERY_BROKER_URL": "memory://",
         "API_BASE_URL": "http://localhost",
         "TRIAL_GENERATION_LIMIT": "10",
+        # Abuse limits (rates, jobs at once) off, as for load tests: most tests call in quick bursts
+        # from one address. tests/api/test_rate_limits.py and test_security.py switch them on.
+        "RATELIMIT_ENABLED": "false",
     }
     env.update(extra)
     return env

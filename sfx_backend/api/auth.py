@@ -10,6 +10,7 @@ from ..extensions import db
 from ..runtime import runtime
 from ..services import notifications
 from ..services.users import UserService
+from . import limits
 from .common import BEARER, problem_responses
 from .schemas import (AuthResultSchema, LoginSchema, MessageSchema, RegisterSchema, TokenPairSchema,
                       VerifySchema)
@@ -22,9 +23,10 @@ def _users() -> UserService:
 
 
 @blp.route("/register", methods=["POST"])
+@limits.register
 @blp.arguments(RegisterSchema)
 @blp.response(201, AuthResultSchema)
-@problem_responses(blp, 400, 409, 422)
+@problem_responses(blp, 400, 409, 422, 429)
 def register(body):
     """Create an account (status `trial`) and log it in. A welcome email follows."""
     rt = runtime()
@@ -36,9 +38,10 @@ def register(body):
 
 
 @blp.route("/login", methods=["POST"])
+@limits.login
 @blp.arguments(LoginSchema)
 @blp.response(200, AuthResultSchema)
-@problem_responses(blp, 401, 422)
+@problem_responses(blp, 401, 422, 429)
 def login(body):
     """Exchange email and password for a token pair. Unknown email and wrong password look the same."""
     rt = runtime()

@@ -9,10 +9,12 @@ from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from ..errors import NotFound, ValidationFailed
+from .. import plans
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
 from ..services.jobs import GenerationParams, JobService
+from . import limits
 from .common import BEARER, problem_responses
 from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
 
@@ -30,7 +32,10 @@ IDEMPOTENCY_HEADER = {
 
 def _service() -> JobService:
     rt = runtime()
-    return JobService(db.session, rt.clock, current_app.config["TRIAL_GENERATION_LIMIT"])
+    cfg = current_app.config
+    # The jobs-at-once cap is an abuse limit: RATELIMIT_ENABLED=false (load tests) lifts it with the rest.
+    return JobService(db.session, rt.clock, cfg["TRIAL_GENERATION_LIMIT"], plans=plans.catalogue(cfg),
+                      cap_jobs=cfg["RATELIMIT_ENABLED"])
 
 
 def serialize_job(job: Job) -> dict:
@@ -91,6 +96,7 @@ _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
 
 @blp.route("/usage/generate", methods=["POST"])
 @jwt_required()
+@limits.generate
 @blp.arguments(GenerateSchema)
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
@@ -103,6 +109,7 @@ def generate(body):
 
 @blp.route("/jobs", methods=["POST"])
 @jwt_required()
+@limits.generate
 @blp.arguments(GenerateSchema)
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")

@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import AccountSuspended, IdempotencyConflict, JobNotCancelable, NotFound
+from ..errors import (AccountSuspended, IdempotencyConflict, JobNotCancelable, NotFound, TooManyJobs,
+                      ValidationFailed)
 from ..models import Job, JobStatus, OutputFormat, QuotaState, User, UserStatus
+from ..plans import Catalogue
 from . import quota
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -37,10 +39,15 @@ class GenerationParams:
 class JobService:
     """The caller owns the transaction: it commits, and enqueues only after the commit."""
 
-    def __init__(self, session: Session, clock: Callable[[], datetime], trial_limit: int) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime], trial_limit: int,
+                 plans: Catalogue | None = None, cap_jobs: bool = True) -> None:
+        """`plans` brings the per-plan caps (duration; jobs at once unless `cap_jobs` is off); without
+        it only the quota applies."""
         self.session = session
         self.clock = clock
         self.trial_limit = trial_limit
+        self.plans = plans
+        self.cap_jobs = cap_jobs
 
     def submit(self, user: User, params: GenerationParams, idempotency_key: str | None = None,
                request_id: str | None = None) -> tuple[Job, bool]:
@@ -54,12 +61,18 @@ class JobService:
             if replay is not None:
                 return replay, False
         allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
+        plan = self.plans.get(allowance.plan) if self.plans is not None else None
+        if plan is not None and params.duration_seconds is not None \
+                and params.duration_seconds > plan.max_duration_seconds:
+            limit = f"{plan.max_duration_seconds:g}"
+            raise ValidationFailed(f"The {plan.name} plan makes sounds up to {limit} seconds long.",
+                                   errors={"duration_seconds": [f"At most {limit} seconds on the {plan.name} plan."]})
         job = Job(id=uuid.uuid4(), user_id=user.id, status=JobStatus.QUEUED, prompt=params.prompt,
                   duration_seconds=params.duration_seconds, prompt_influence=params.prompt_influence,
                   loop=params.loop, output_format=OutputFormat(params.output_format),
                   idempotency_key=idempotency_key, request_hash=fingerprint,
                   quota_period=allowance.period_key, quota_state=QuotaState.RESERVED,
-                  request_id=request_id, created_at=now, updated_at=now)
+                  request_id=request_id, plan=allowance.plan, created_at=now, updated_at=now)
         try:
             with self.session.begin_nested():
                 self.session.add(job)
@@ -70,7 +83,21 @@ class JobService:
                 raise
             return replay, False
         quota.reserve(self.session, user.id, allowance, now)
+        if plan is not None and self.cap_jobs:
+            self._check_jobs_at_once(user.id, plan.name, plan.max_concurrent_jobs)
         return job, True
+
+    def _check_jobs_at_once(self, user_id: uuid.UUID, plan: str, cap: int) -> None:
+        """TooManyJobs if the new job makes more than `cap` queued or running.
+
+        Counted after `quota.reserve`, whose UPDATE holds the user's ledger row until commit: concurrent
+        submissions of one user pass here one at a time, each seeing the others' committed jobs.
+        """
+        active = self.session.scalar(sa.select(sa.func.count()).select_from(Job).where(
+            Job.user_id == user_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))) or 0
+        if active > cap:
+            raise TooManyJobs(f"The {plan} plan runs up to {cap} jobs at once; wait for one to finish.",
+                              headers={"Retry-After": "5"})
 
     def _replay(self, user_id: uuid.UUID, key: str, fingerprint: str, now: datetime) -> Job | None:
         existing = self.session.scalars(
