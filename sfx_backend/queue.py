@@ -14,6 +14,7 @@ SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
 KEYS_TASK = "sfx.keys.maintain"
 NOTIFY_TASK = "sfx.notifications.deliver"
 NOTIFY_SWEEP_TASK = "sfx.notifications.sweep"
+PURGE_AUDIO_TASK = "sfx.accounts.purge_deleted_audio"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -59,6 +60,7 @@ def make_celery(app: Flask) -> Celery:
             "maintain-key-pool": {"task": KEYS_TASK,
                                   "schedule": float(cfg["KEY_MAINTENANCE_INTERVAL_SECONDS"])},
             "resend-owed-emails": {"task": NOTIFY_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
+            "purge-deleted-audio": {"task": PURGE_AUDIO_TASK, "schedule": 300.0},
         },
     )
     celery.set_default()

@@ -11,7 +11,7 @@ flask_app = create_app()
 celery = flask_app.extensions["celery"]
 app = celery  # `celery -A workers` looks for `app` or `celery`
 
-from . import jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
+from . import accounts, jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
 
 
 @worker_init.connect

@@ -1,13 +1,27 @@
-"""GET /user/profile (the rest of the account routes build on this blueprint)."""
+"""GET/PUT /user/profile and DELETE /user/account: the caller's own account."""
 from __future__ import annotations
 
+from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
+from ..extensions import db
+from ..runtime import runtime
+from ..services.accounts import AccountService, StripeSettings
+from ..services.users import UserService
+from . import limits
 from .common import BEARER, problem_responses
-from .schemas import UserSchema
+from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema
 
 blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's account")
+
+
+def _accounts() -> AccountService:
+    rt = runtime()
+    cfg = current_app.config
+    return AccountService(db.session, UserService(db.session, rt.hasher), rt.clock,
+                          job_lease_seconds=cfg["JOB_LEASE_SECONDS"],
+                          stripe_settings=StripeSettings(cfg["STRIPE_SECRET_KEY"], cfg["STRIPE_API_BASE"]))
 
 
 @blp.route("/profile", methods=["GET"])
@@ -18,3 +32,37 @@ blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's 
 def profile():
     """The caller's account."""
     return current_user
+
+
+@blp.route("/profile", methods=["PUT"])
+@jwt_required()
+@limits.password_checks
+@blp.arguments(ProfileUpdateSchema)
+@blp.response(200, UserSchema)
+@blp.doc(security=BEARER, description=(
+    "Change names freely. Changing `email` or `password` needs `current_password` (401 if wrong); a new "
+    "password ends every other login of this account. Other fields (role, status, id) are refused (422)."))
+@problem_responses(blp, 400, 401, 409, 422, 429)
+def update_profile(body):
+    """Update the caller's names, email or password."""
+    session = getattr(g, "auth_session", None)
+    user = _accounts().update_profile(current_user, body, session.id if session is not None else None)
+    db.session.commit()
+    return user
+
+
+@blp.route("/account", methods=["DELETE"])
+@jwt_required()
+@limits.password_checks
+@blp.arguments(AccountDeleteSchema)
+@blp.response(200, MessageSchema)
+@blp.doc(security=BEARER, description=(
+    "Needs the account's `password`. Cancels any subscription, deletes the account's audio (in the "
+    "background), revokes every token and deletes personal data; usage figures are kept without the "
+    "person. The email address can register again at once."))
+@problem_responses(blp, 400, 401, 422, 429, 503)
+def delete_account(body):
+    """Delete the caller's account."""
+    _accounts().delete(current_user, body["password"])
+    db.session.commit()
+    return {"message": "Account deleted."}

@@ -226,6 +226,19 @@ def test_concurrent_submissions_never_exceed_the_jobs_at_once_cap(limited):
     assert outcomes.count("ok") == cap and outcomes.count("too_many_jobs") == n - cap
 
 
+def test_wrong_passwords_on_account_routes_are_limited_per_user(limited):
+    app = limited()
+    client = app.test_client()
+    headers = _user(client)
+    for _ in range(5):
+        response = client.delete("/user/account", headers=headers, json={"password": "guessing-again"})
+        assert response.status_code == 401
+    assert_rate_limited(client.put("/user/profile", headers=headers,
+                                   json={"password": "new-password-1", "current_password": "guess"}), 5)
+    # Names need no password and are not counted against the budget.
+    client.put("/user/profile", headers=headers, json={"first_name": "Still"})
+
+
 def test_when_redis_is_unreachable_limits_keep_counting_in_process_memory(limited, caplog):
     app = limited(storage=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     client = app.test_client()

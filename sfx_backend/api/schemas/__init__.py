@@ -133,3 +133,24 @@ class UsageCurrentSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# -- accounts, usage insight and admin (issue 5) -------------------------------------------------
+JOB_STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
+USER_STATUSES = ["trial", "active", "suspended", "canceled"]
+PLAN_NAMES = ["trial", "starter", "pro", "studio"]
+
+
+class ProfileUpdateSchema(Schema):
+    """Only these fields; anything else (role, status, id...) is refused with 422."""
+
+    first_name = fields.String(allow_none=True, validate=validate.Length(max=100))
+    last_name = fields.String(allow_none=True, validate=validate.Length(max=100))
+    email = fields.Email(validate=validate.Length(max=255))
+    password = fields.String(load_only=True, validate=validate.Length(min=10, max=1024),
+                             metadata={"description": "The new password (needs `current_password`)."})
+    current_password = fields.String(load_only=True, validate=validate.Length(min=1, max=1024))
+
+
+class AccountDeleteSchema(Schema):
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
