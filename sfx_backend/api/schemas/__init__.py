@@ -154,3 +154,70 @@ class ProfileUpdateSchema(Schema):
 
 class AccountDeleteSchema(Schema):
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+
+
+class DateRangeQuerySchema(Schema):
+    date_from = fields.Date(data_key="from", load_default=None,
+                            metadata={"description": "First day (UTC), inclusive. YYYY-MM-DD."})
+    date_to = fields.Date(data_key="to", load_default=None,
+                          metadata={"description": "Last day (UTC), inclusive. YYYY-MM-DD."})
+
+
+class GenerationQuerySchema(PageQuerySchema, DateRangeQuerySchema):
+    status = fields.String(load_default=None, validate=validate.OneOf(JOB_STATUSES))
+
+
+class ExportQuerySchema(DateRangeQuerySchema):
+    format = fields.String(load_default="csv", validate=validate.OneOf(["csv"]))
+    status = fields.String(load_default=None, validate=validate.OneOf(JOB_STATUSES))
+
+
+class UsagePeriodSchema(Schema):
+    period_start = fields.Date(metadata={"description": "First day of the quota period."})
+    current = fields.Boolean()
+    generations = fields.Integer(metadata={"description": "Settled (successful) generations."})
+    in_progress = fields.Integer()
+    refunded = fields.Integer(metadata={"description": "Failed or canceled: given back."})
+    overage_count = fields.Integer()
+    cost_cents = fields.Integer(metadata={"description": "Charged for this period beyond the plan price "
+                                                         "(overage), in cents."})
+
+
+class GenerationRecordSchema(Schema):
+    id = fields.UUID()
+    status = fields.String(metadata={"enum": JOB_STATUSES})
+    prompt = fields.String()
+    duration_seconds = fields.Float(allow_none=True)
+    prompt_influence = fields.Float()
+    loop = fields.Boolean()
+    output_format = fields.String()
+    provider = fields.String(allow_none=True)
+    plan = fields.String(allow_none=True)
+    charged = fields.Boolean(metadata={"description": "Whether the generation counted against the quota."})
+    error_code = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class GenerationPageSchema(Schema):
+    items = fields.List(fields.Nested(GenerationRecordSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+
+
+class UsageHistorySchema(Schema):
+    periods = fields.List(fields.Nested(UsagePeriodSchema))
+    generations = fields.Nested(GenerationPageSchema)
+
+
+class PlanLimitsSchema(Schema):
+    plan = fields.String(metadata={"enum": PLAN_NAMES})
+    monthly_limit = fields.Integer()
+    overage_allowed = fields.Boolean()
+    overage_price_cents = fields.Integer()
+    max_duration_seconds = fields.Float()
+    requests_per_minute = fields.Integer()
+    max_concurrent_jobs = fields.Integer()
+    period_start = fields.DateTime()
+    period_end = fields.DateTime()
