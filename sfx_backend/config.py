@@ -161,6 +161,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DOWNLOAD_URL_TTL_SECONDS": _int(env, "DOWNLOAD_URL_TTL_SECONDS", 900),
         # plans and billing
         "TRIAL_GENERATION_LIMIT": _int(env, "TRIAL_GENERATION_LIMIT", 10),
+        # What upstream usage costs us, for the admin revenue and margin figures (cents per 1000 credits).
+        "UPSTREAM_CENTS_PER_1000_CREDITS": _float(env, "UPSTREAM_CENTS_PER_1000_CREDITS", 30.0),
         "STRIPE_SECRET_KEY": env.get("STRIPE_SECRET_KEY") or None,
         "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET") or None,
         "STRIPE_API_BASE": env.get("STRIPE_API_BASE") or None,

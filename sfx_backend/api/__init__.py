@@ -6,11 +6,11 @@ from flask_smorest import Api
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
-    from . import admin_keys, auth, files, health, jobs, usage, users
+    from . import admin, admin_keys, auth, files, health, jobs, usage, users
 
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    for module in (auth, users, jobs, usage, health, admin_keys):
+    for module in (auth, users, jobs, usage, health, admin, admin_keys):
         api.register_blueprint(module.blp)
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
     from . import metrics  # Prometheus text, documented with its own (optional) token scheme

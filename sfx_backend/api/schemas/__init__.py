@@ -221,3 +221,121 @@ class PlanLimitsSchema(Schema):
     max_concurrent_jobs = fields.Integer()
     period_start = fields.DateTime()
     period_end = fields.DateTime()
+
+
+class AdminUserQuerySchema(PageQuerySchema):
+    q = fields.String(load_default=None, validate=validate.Length(min=1, max=255),
+                      metadata={"description": "Part of the email address (case-insensitive)."})
+    status = fields.String(load_default=None, validate=validate.OneOf(USER_STATUSES))
+    plan = fields.String(load_default=None, validate=validate.OneOf(PLAN_NAMES))
+
+
+class AdminUsageSchema(Schema):
+    period_start = fields.DateTime()
+    period_end = fields.DateTime()
+    monthly_limit = fields.Integer()
+    used = fields.Integer()
+    reserved = fields.Integer()
+    remaining = fields.Integer()
+
+
+class AdminUserSchema(UserSchema):
+    status = fields.String(metadata={"enum": USER_STATUSES})
+    role = fields.String(metadata={"enum": ["user", "admin"]})
+    plan = fields.String(metadata={"enum": PLAN_NAMES})
+    last_login = fields.DateTime(allow_none=True)
+    usage = fields.Nested(AdminUsageSchema)
+
+
+class AdminUserPageSchema(Schema):
+    items = fields.List(fields.Nested(AdminUserSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+
+
+class UserStatusUpdateSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(USER_STATUSES))
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class StatsRowSchema(Schema):
+    generations = fields.Integer(metadata={"description": "Finished generations (succeeded + failed)."})
+    succeeded = fields.Integer()
+    failed = fields.Integer()
+    success_rate = fields.Float(allow_none=True)
+    p50_latency_ms = fields.Integer(allow_none=True, metadata={"description": "Submit to finish."})
+    p95_latency_ms = fields.Integer(allow_none=True)
+    upstream_credits = fields.Integer()
+    upstream_cost_cents = fields.Integer()
+
+
+class DayStatsSchema(StatsRowSchema):
+    date = fields.Date()
+
+
+class KeyStatsSchema(StatsRowSchema):
+    key_id = fields.UUID(allow_none=True)
+    key_name = fields.String(allow_none=True, metadata={"description": "null: no upstream key (synth)."})
+    last4 = fields.String(allow_none=True)
+
+
+class PlanStatsSchema(StatsRowSchema):
+    plan = fields.String(allow_none=True)
+    users = fields.Integer()
+
+
+class UsageStatsSchema(Schema):
+    date_from = fields.Date(data_key="from")
+    date_to = fields.Date(data_key="to")
+    totals = fields.Nested(StatsRowSchema)
+    days = fields.List(fields.Nested(DayStatsSchema))
+    per_key = fields.List(fields.Nested(KeyStatsSchema))
+    per_plan = fields.List(fields.Nested(PlanStatsSchema))
+
+
+class PlanRevenueSchema(Schema):
+    plan = fields.String()
+    subscriptions = fields.Integer()
+    price_cents = fields.Integer()
+    mrr_cents = fields.Integer()
+
+
+class RevenueSchema(Schema):
+    date_from = fields.Date(data_key="from")
+    date_to = fields.Date(data_key="to")
+    currency = fields.String()
+    mrr_cents = fields.Integer(metadata={"description": "Now: live subscriptions x their plan's monthly price."})
+    mrr_by_plan = fields.List(fields.Nested(PlanRevenueSchema))
+    subscription_revenue_cents = fields.Integer(
+        metadata={"description": "Estimate: MRR pro-rated over the range's days (30-day months)."})
+    overage_revenue_cents = fields.Integer()
+    upstream_cost_cents = fields.Integer()
+    gross_margin_cents = fields.Integer()
+    gross_margin_pct = fields.Float(allow_none=True)
+
+
+class AuditQuerySchema(PageQuerySchema):
+    action = fields.String(load_default=None, validate=validate.Length(max=64))
+    actor_id = fields.UUID(load_default=None)
+    target_id = fields.String(load_default=None, validate=validate.Length(max=64))
+
+
+class AuditEntrySchema(Schema):
+    id = fields.UUID()
+    created_at = fields.DateTime()
+    actor_id = fields.UUID(allow_none=True)
+    actor_email = fields.String(allow_none=True)
+    action = fields.String()
+    target_type = fields.String()
+    target_id = fields.String(allow_none=True)
+    target_email = fields.String(allow_none=True)
+    details = fields.Dict(allow_none=True)
+    request_id = fields.String(allow_none=True)
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()

@@ -1,0 +1,105 @@
+"""Operators (role `admin`, else 403): users, usage statistics, revenue, account status, audit trail."""
+from __future__ import annotations
+
+import uuid
+
+from flask import current_app, g
+from flask_jwt_extended import current_user
+from flask_smorest import Blueprint
+
+from .. import plans
+from ..auth import admin_required
+from ..extensions import db
+from ..models import UserStatus
+from ..runtime import runtime
+from ..services import analytics, audit
+from ..services.accounts import AccountService
+from ..services.users import UserService
+from .common import BEARER, problem_responses
+from .schemas import (AdminUserPageSchema, AdminUserQuerySchema, AdminUserSchema, AuditPageSchema,
+                      AuditQuerySchema, DateRangeQuerySchema, RevenueSchema, UsageStatsSchema,
+                      UserStatusUpdateSchema)
+
+blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operators: accounts and figures")
+
+_RANGE_DOC = ("`from` and `to` are UTC days (YYYY-MM-DD), both included; the default is the 30 days "
+              "ending today.")
+
+
+def _span(query: dict) -> analytics.DateRange:
+    return analytics.DateRange.resolve(query["date_from"], query["date_to"], runtime().clock().date())
+
+
+@blp.route("/users", methods=["GET"])
+@admin_required
+@blp.arguments(AdminUserQuerySchema, location="query")
+@blp.response(200, AdminUserPageSchema)
+@blp.doc(security=BEARER, description="Search by part of the email (`q`), filter by `status` and `plan`; "
+                                      "newest first, each with its usage this period.")
+@problem_responses(blp, 401, 403, 422)
+def list_users(query):
+    """Users, with their plan and this period's usage."""
+    items, total = analytics.admin_users(db.session, plans.catalogue(current_app.config), runtime().clock(),
+                                         query["page"], query["per_page"], q=query["q"], status=query["status"],
+                                         plan=query["plan"])
+    return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
+
+
+@blp.route("/usage-stats", methods=["GET"])
+@admin_required
+@blp.arguments(DateRangeQuerySchema, location="query")
+@blp.response(200, UsageStatsSchema)
+@blp.doc(security=BEARER, description="Finished generations per day, per upstream key and per plan: count, "
+                                      "success rate, p50/p95 submit-to-finish latency, upstream cost. "
+                                      + _RANGE_DOC)
+@problem_responses(blp, 401, 403, 422)
+def usage_stats(query):
+    """Generation statistics for a date range."""
+    return analytics.usage_stats(db.session, _span(query), current_app.config["UPSTREAM_CENTS_PER_1000_CREDITS"])
+
+
+@blp.route("/revenue", methods=["GET"])
+@admin_required
+@blp.arguments(DateRangeQuerySchema, location="query")
+@blp.response(200, RevenueSchema)
+@blp.doc(security=BEARER, description="MRR by plan from live subscriptions (now); for the range: overage "
+                                      "revenue, upstream cost and gross margin. " + _RANGE_DOC)
+@problem_responses(blp, 401, 403, 422)
+def revenue(query):
+    """Revenue, upstream cost and margin."""
+    cfg = current_app.config
+    return analytics.revenue(db.session, plans.catalogue(cfg), _span(query), runtime().clock(),
+                             cfg["UPSTREAM_CENTS_PER_1000_CREDITS"])
+
+
+@blp.route("/user/<uuid:user_id>/status", methods=["PUT"])
+@admin_required
+@blp.arguments(UserStatusUpdateSchema)
+@blp.response(200, AdminUserSchema)
+@blp.doc(security=BEARER, description=(
+    "`suspended` (or `canceled`) refuses generation from the next request on (403 `account_suspended`) "
+    "and cancels the account's queued jobs, giving their units back. Recorded in the audit trail. "
+    "Administrators cannot change their own status (409)."))
+@problem_responses(blp, 401, 403, 404, 409, 422)
+def set_status(body, user_id: uuid.UUID):
+    """Set an account's status."""
+    rt = runtime()
+    accounts = AccountService(db.session, UserService(db.session, rt.hasher), rt.clock)
+    user = accounts.set_status(current_user, user_id, UserStatus(body["status"]), body["reason"],
+                               getattr(g, "request_id", None))
+    db.session.commit()
+    return analytics.admin_user_items(db.session, plans.catalogue(current_app.config), rt.clock(), [user])[0]
+
+
+@blp.route("/audit", methods=["GET"])
+@admin_required
+@blp.arguments(AuditQuerySchema, location="query")
+@blp.response(200, AuditPageSchema)
+@blp.doc(security=BEARER, description="Administrative actions, newest first; filter by `action`, "
+                                      "`actor_id`, `target_id`.")
+@problem_responses(blp, 401, 403, 422)
+def audit_log(query):
+    """The admin audit trail: who did what, to whom, when."""
+    items, total = audit.entries(db.session, query["page"], query["per_page"], action=query["action"],
+                                 actor_id=query["actor_id"], target_id=query["target_id"])
+    return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
