@@ -35,6 +35,14 @@ class ProblemApi(Api):
     def handle_http_exception(self, error):  # noqa: D102 - overrides the library's JSON body
         return handle_http_exception(error)
 
+    def _register_responses(self):
+        """The shared error responses (`default`, automatic 422) are problem+json, as sent."""
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE
+
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()

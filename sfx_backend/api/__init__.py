@@ -13,6 +13,8 @@ def register_blueprints(app: Flask, api: Api) -> None:
     for module in (auth, users, jobs, usage, health, admin, admin_keys):
         api.register_blueprint(module.blp)
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
+    from .openapi import document_file_downloads
+    document_file_downloads(app, api)
     from . import metrics  # Prometheus text, documented with its own (optional) token scheme
     api.spec.components.security_scheme(
         "metricsToken", {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"})

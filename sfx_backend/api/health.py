@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import current_app
+from flask import Response, current_app, g, json
 from flask_smorest import Blueprint
+from marshmallow import fields
 
+from ..errors import PROBLEM_JSON
 from ..extensions import db
 from ..runtime import runtime
-from .schemas import HealthSchema
+from .schemas import HealthSchema, ProblemSchema
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,15 @@ def _check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
+class NotReadySchema(ProblemSchema):
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": "Each dependency: `ok` or `failed`."})
+
+
 @blp.route("/ready", methods=["GET"])
 @blp.response(200, HealthSchema)
-@blp.alt_response(503, schema=HealthSchema, description="At least one dependency failed; `checks` says which.")
+@blp.alt_response(503, schema=NotReadySchema, content_type=PROBLEM_JSON,
+                  description="At least one dependency failed: a problem whose `checks` says which.")
 def ready():
     """Database, broker and storage each answer (503 naming the one that does not)."""
     checks = {}
@@ -50,5 +58,11 @@ def ready():
             log.warning("readiness check failed", extra={"event": "not_ready", "check": name,
                                                          "error": type(exc).__name__})
             checks[name] = "failed"
-    healthy = all(v == "ok" for v in checks.values())
-    return {"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503
+    failed = [name for name, state in checks.items() if state != "ok"]
+    if not failed:
+        return {"status": "ok", "checks": checks}
+    # Like every error, a 503 is problem+json; `checks` names what failed, for operators and probes.
+    body = {"type": "about:blank", "title": "Not ready", "status": 503,
+            "detail": f"Not answering: {', '.join(failed)}.", "code": "service_unavailable",
+            "checks": checks, "request_id": getattr(g, "request_id", None)}
+    return Response(json.dumps(body), status=503, mimetype=PROBLEM_JSON)
