@@ -1,6 +1,7 @@
 """All models, imported here so Alembic and the app see every table."""
 from .audit import AuditEntry
-from .billing import PlanType, Subscription, SubscriptionStatus
+from .billing import (BillingCustomer, MeterEventStatus, OverageCharge, PlanType, StripeEvent,
+                      StripeEventStatus, Subscription, SubscriptionStatus)
 from .deletion import StorageDeletion
 from .job import FINISHED, Job, JobAttempt, JobStatus, OutputFormat, QuotaState
 from .key_pool import ApiKey, ApiKeyStatus, KeyLease
@@ -10,6 +11,7 @@ from .usage import ApiUsage, MonthlyUsage
 from .user import AuthSession, User, UserRole, UserStatus
 
 __all__ = [
+    "BillingCustomer", "MeterEventStatus", "OverageCharge", "StripeEvent", "StripeEventStatus",
     "AuditEntry", "Notification", "NotificationKind", "NotificationStatus", "StorageDeletion",
     "ApiKey", "ApiKeyStatus", "ApiUsage", "AuthSession", "FINISHED", "Job", "JobAttempt", "JobStatus", "KeyLease",
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
