@@ -169,6 +169,17 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "STRIPE_PRICE_STARTER": env.get("STRIPE_PRICE_STARTER") or None,
         "STRIPE_PRICE_PRO": env.get("STRIPE_PRICE_PRO") or None,
         "STRIPE_PRICE_STUDIO": env.get("STRIPE_PRICE_STUDIO") or None,
+        # Metered prices for overage (pro, studio): added to the subscription with the plan's price.
+        "STRIPE_OVERAGE_PRICE_PRO": env.get("STRIPE_OVERAGE_PRICE_PRO") or None,
+        "STRIPE_OVERAGE_PRICE_STUDIO": env.get("STRIPE_OVERAGE_PRICE_STUDIO") or None,
+        "STRIPE_METER_EVENT_NAME": env.get("STRIPE_METER_EVENT_NAME") or "sfx_generation_overage",
+        # Tags every Stripe object we create; webhook events without our tags belong to another app.
+        "STRIPE_APP_TAG": env.get("STRIPE_APP_TAG") or "sfx-backend",
+        "STRIPE_ENV_TAG": env.get("STRIPE_ENV_TAG") or app_env,
+        # A failed payment leaves generation on for this many days (then 402 until the card is fixed).
+        "BILLING_PAST_DUE_GRACE_DAYS": _int(env, "BILLING_PAST_DUE_GRACE_DAYS", 7),
+        "BILLING_PORTAL_RETURN_URL": env.get("BILLING_PORTAL_RETURN_URL") or None,
+        "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 20.0),
         # email
         "SMTP_HOST": env.get("SMTP_HOST") or None,
         "SMTP_PORT": _int(env, "SMTP_PORT", 587),

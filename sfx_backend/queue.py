@@ -15,6 +15,9 @@ KEYS_TASK = "sfx.keys.maintain"
 NOTIFY_TASK = "sfx.notifications.deliver"
 NOTIFY_SWEEP_TASK = "sfx.notifications.sweep"
 PURGE_AUDIO_TASK = "sfx.accounts.purge_deleted_audio"
+BILLING_APPLY_TASK = "sfx.billing.apply_event"
+METER_TASK = "sfx.billing.send_meter_event"
+BILLING_SWEEP_TASK = "sfx.billing.sweep"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -61,6 +64,7 @@ def make_celery(app: Flask) -> Celery:
                                   "schedule": float(cfg["KEY_MAINTENANCE_INTERVAL_SECONDS"])},
             "resend-owed-emails": {"task": NOTIFY_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
             "purge-deleted-audio": {"task": PURGE_AUDIO_TASK, "schedule": 300.0},
+            "resend-billing-tasks": {"task": BILLING_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
         },
     )
     celery.set_default()

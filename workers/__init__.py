@@ -12,6 +12,7 @@ celery = flask_app.extensions["celery"]
 app = celery  # `celery -A workers` looks for `app` or `celery`
 
 from . import accounts, jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
+from . import billing  # noqa: E402,F401 - Stripe events and overage meter events
 
 
 @worker_init.connect

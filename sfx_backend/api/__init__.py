@@ -19,3 +19,6 @@ def register_blueprints(app: Flask, api: Api) -> None:
     api.spec.components.security_scheme(
         "metricsToken", {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"})
     api.register_blueprint(metrics.blp)
+    from . import subscription, webhooks  # billing: plans, checkout, Stripe events
+    for module in (subscription, webhooks):
+        api.register_blueprint(module.blp)

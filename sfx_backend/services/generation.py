@@ -26,7 +26,7 @@ from .. import metrics
 from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
-from . import notifications, quota
+from . import billing_usage, notifications, quota
 from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ class GenerationRunner:
                 upstream_credits=audio.upstream_cost,
                 response_time_ms=audio.latency_ms, file_size_bytes=len(audio.data), created_at=now))
             notifications.on_generation_settled(self.session, job, now)  # 80%/100% email, never raises
+            billing_usage.on_generation_settled(self.session, job, now)  # overage: counted and metered once
         job.status = JobStatus.SUCCEEDED
         job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
         job.finished_at, job.lease_until, job.queue_reason = now, None, None

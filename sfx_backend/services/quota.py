@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import QuotaExceeded
-from ..models import Job, MonthlyUsage, QuotaState, Subscription, SubscriptionStatus, User
+from ..models import BillingCustomer, Job, MonthlyUsage, QuotaState, Subscription, SubscriptionStatus, User
 
 # Statuses in which a subscription's allowance applies (a failed payment keeps a grace period).
 _ENTITLED = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
@@ -29,6 +29,9 @@ class Allowance:
     period_end: datetime
     monthly_limit: int
     overage_allowed: bool = False
+    overage_price_cents: int = 0
+    overage_cap_cents: int | None = None  # most overage may cost this period; None: no cap
+    blocked: str | None = None  # why generation is off for now (a past-due payment's grace ran out)
 
     @property
     def period_key(self) -> date:
@@ -56,8 +59,15 @@ def allowance_for(session: Session, user: User, now: datetime, trial_limit: int)
     """The period and limit a generation by `user` at `now` counts against."""
     sub = current_subscription(session, user.id, now)
     if sub is not None:
+        cap = session.scalar(sa.select(BillingCustomer.overage_cap_cents).where(BillingCustomer.user_id == user.id))
+        blocked = None
+        if sub.status == SubscriptionStatus.PAST_DUE and sub.grace_until is not None and now >= sub.grace_until:
+            blocked = ("The last payment failed and its grace period ended on "
+                       f"{sub.grace_until.date().isoformat()}; update the payment method to generate again.")
         return Allowance(plan=sub.plan_type.value, period_start=sub.current_period_start,
-                         period_end=sub.current_period_end, monthly_limit=sub.monthly_limit)
+                         period_end=sub.current_period_end, monthly_limit=sub.monthly_limit,
+                         overage_allowed=sub.overage_allowed, overage_price_cents=sub.overage_price_cents,
+                         overage_cap_cents=cap, blocked=blocked)
     start = datetime(now.year, now.month, 1, tzinfo=timezone.utc)
     return Allowance(plan="trial", period_start=start, period_end=_next_month(start),
                      monthly_limit=trial_limit)
@@ -73,22 +83,40 @@ def _insert(session: Session):
 
 
 def reserve(session: Session, user_id: uuid.UUID, allowance: Allowance, now: datetime) -> None:
-    """Hold one unit for a new job, or raise QuotaExceeded. One conditional UPDATE: race-free."""
+    """Hold one unit for a new job, or raise QuotaExceeded. One conditional UPDATE: race-free.
+
+    With overage allowed, a unit past the limit is accepted (and counted as overage when it settles)
+    as long as the units past the limit, this one included, stay within the user's overage cap.
+    """
+    if allowance.blocked:
+        raise QuotaExceeded(allowance.blocked)
     insert = _insert(session)
     session.execute(
         insert(MonthlyUsage)
         .values(id=uuid.uuid4(), user_id=user_id, month=allowance.period_key, created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["user_id", "month"])
     )
-    condition = MonthlyUsage.generation_count + MonthlyUsage.reserved_count < allowance.monthly_limit
+    held = MonthlyUsage.generation_count + MonthlyUsage.reserved_count
+    condition = held < allowance.monthly_limit
+    capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
+    if allowance.overage_allowed and not capped:
+        condition = sa.true()
+    elif capped:
+        over = held + 1 - allowance.monthly_limit
+        condition = sa.or_(condition, over * allowance.overage_price_cents <= allowance.overage_cap_cents)
     result = session.execute(
         sa.update(MonthlyUsage)
         .where(MonthlyUsage.user_id == user_id, MonthlyUsage.month == allowance.period_key)
-        .where(sa.true() if allowance.overage_allowed else condition)
+        .where(condition)
         .values(reserved_count=MonthlyUsage.reserved_count + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
+        if capped:
+            raise QuotaExceeded(
+                f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used, and "
+                f"one more would take overage past your cap of {allowance.overage_cap_cents} cents; raise "
+                f"the cap or wait until {allowance.period_end.date().isoformat()}.")
         raise QuotaExceeded(
             f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used or "
             f"in progress; the allowance renews on {allowance.period_end.date().isoformat()}.")

@@ -1,0 +1,63 @@
+"""POST /webhooks/stripe: verify, store once, acknowledge; a Celery task applies the event."""
+from __future__ import annotations
+
+import logging
+
+import stripe
+from flask import current_app, request
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from ..errors import DomainError
+from ..services.billing import HANDLED_EVENTS
+from ..extensions import db
+from .common import problem_responses
+from .subscription import service
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("webhooks", __name__, url_prefix="/webhooks", description="Stripe webhooks")
+
+TOLERANCE_SECONDS = 300
+
+
+class BadSignature(DomainError):
+    status, code, title = 400, "invalid_signature", "Invalid webhook signature"
+
+
+class AckSchema(Schema):
+    received = fields.Boolean()
+    duplicate = fields.Boolean()
+    ignored = fields.String(allow_none=True)
+
+
+@blp.route("/stripe", methods=["POST"])
+@blp.response(200, AckSchema)
+@blp.doc(description="Stripe posts events here (configure the endpoint in the Stripe dashboard). The raw "
+                     "body is checked against the `Stripe-Signature` header with `STRIPE_WEBHOOK_SECRET`.",
+         requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})
+@problem_responses(blp, 400)
+def stripe_webhook():
+    """Accept a Stripe event: 400 on a bad, missing or stale signature; each event id takes effect once."""
+    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        # Nothing can be verified: refused like a bad signature (Stripe keeps retrying for days).
+        log.error("webhook received but STRIPE_WEBHOOK_SECRET is not set", extra={"event": "webhook_unconfigured"})
+        raise BadSignature("This server has no webhook secret configured, so no signature can be verified.")
+    payload = request.get_data()  # the raw bytes: a re-serialised body would not match the signature
+    signature = request.headers.get("Stripe-Signature")
+    if not signature:
+        raise BadSignature("The Stripe-Signature header is missing.")
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as exc:
+        log.warning("webhook signature rejected", extra={"event": "webhook_bad_signature"})
+        raise BadSignature("The signature does not match this body, or it is too old.") from exc
+    except ValueError as exc:
+        raise BadSignature("The body is not a Stripe event.") from exc
+    data = event.to_dict()
+    if data.get("type") not in HANDLED_EVENTS:
+        return {"received": True, "duplicate": False, "ignored": "unhandled event type"}
+    stored = service().record_event(data)
+    db.session.commit()  # the apply task is sent once this commits
+    return {"received": True, "duplicate": not stored, "ignored": None}

@@ -1,0 +1,176 @@
+"""From checkout to an active subscriber, and what Stripe's events do afterwards."""
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from sfx_backend.extensions import db
+from sfx_backend.models import BillingCustomer, Notification, StripeEvent, Subscription, User
+from tests.support.billing import *  # noqa: F401,F403 - fixtures
+from tests.support.billing import apply_pending, deliver, post_event, subscribe
+
+
+def _user(user_id):
+    db.session.expire_all()
+    return db.session.get(User, __import__("uuid").UUID(user_id))
+
+
+def _subscription(user_id):
+    db.session.expire_all()
+    return db.session.scalars(sa.select(Subscription).where(
+        Subscription.user_id == __import__("uuid").UUID(user_id))).one()
+
+
+def test_checkout_to_an_active_pro_user_whose_limits_changed(app, client, user, fake_stripe, tasks):
+    before = user.get("/usage/current").get_json()
+    assert (before["plan"], before["monthly_limit"], before["overage_allowed"]) == ("trial", 10, False)
+
+    response = user.post("/subscription/create", json={"plan": "pro", "success_url": "http://localhost/ok",
+                                                       "cancel_url": "http://localhost/no"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["checkout_url"].startswith(fake_stripe.url) and body["session_id"].startswith("cs_test")
+    created = fake_stripe.calls("/v1/checkout/sessions")[-1].form
+    assert created["client_reference_id"] == user.id
+    assert created["metadata"]["app"] == "sfx-backend" and created["metadata"]["env"] == "test"
+    assert [item["price"] for item in created["line_items"]] == ["price_pro_monthly", "price_pro_overage"]
+    # The customer was made in localstripe and is kept for the next checkout.
+    customer = db.session.scalars(sa.select(BillingCustomer)).one().stripe_customer_id
+    assert customer == created["customer"] and customer.startswith("cus_")
+
+    session, sub, invoice = fake_stripe.complete_checkout(body["session_id"])
+    outcomes = deliver(client, tasks, fake_stripe.event("checkout.session.completed", session),
+                       fake_stripe.event("customer.subscription.created", sub),
+                       fake_stripe.event("invoice.paid", invoice))
+    assert outcomes == ["applied", "applied", "applied"]
+
+    assert _user(user.id).status.value == "active"
+    usage = user.get("/usage/current").get_json()
+    assert (usage["plan"], usage["monthly_limit"], usage["overage_allowed"]) == ("pro", 1000, True)
+    current = user.get("/subscription/current").get_json()
+    assert current["status"] == "active" and current["plan"] == "pro"
+    assert current["current_period_end"] is not None and current["cancel_at_period_end"] is False
+    # Generation runs at the pro plan's caps now: 30 seconds is over the trial's 10.
+    assert user.generate(duration_seconds=30).status_code == 202
+
+
+def test_duplicated_and_reordered_events_converge_on_stripes_state(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    first_update = fake_stripe.event("customer.subscription.updated", sub)
+    # Stripe moves on (cancel at period end) and the older event arrives after the newer one, twice.
+    fake_stripe.subscriptions[sub["id"]]["cancel_at_period_end"] = True
+    newer = fake_stripe.event("customer.subscription.updated", fake_stripe.subscriptions[sub["id"]])
+    assert deliver(client, tasks, newer) == ["applied"]
+    assert post_event(client, first_update).get_json()["duplicate"] is False
+    again = post_event(client, first_update)
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True
+    assert apply_pending(tasks) == ["applied"]  # one apply task for two deliveries
+
+    # The late event refetched the subscription: it did not undo the cancellation.
+    assert _subscription(user.id).cancel_at_period_end is True
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(StripeEvent).where(
+        StripeEvent.id == first_update["id"])) == 1
+
+
+def test_an_event_with_a_stale_timestamp_is_refused_and_changes_nothing(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    fake_stripe.subscriptions[sub["id"]]["status"] = "canceled"
+    event = fake_stripe.event("customer.subscription.deleted", fake_stripe.subscriptions[sub["id"]])
+    import time
+    response = post_event(client, event, timestamp=int(time.time()) - 301)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert tasks.take("sfx.billing.apply_event") == []
+    assert db.session.get(StripeEvent, event["id"]) is None
+    assert _subscription(user.id).status.value == "active"
+
+
+def test_payment_failure_keeps_a_grace_period_then_stops_until_payment_recovers(app, client, user, fake_stripe,
+                                                                                  tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    failed = fake_stripe.renew(sub["id"], paid=False)
+    deliver(client, tasks, fake_stripe.event("invoice.payment_failed", failed))
+    row = _subscription(user.id)
+    assert row.status.value == "past_due" and row.grace_until == row.past_due_since + timedelta(days=7)
+    assert user.generate().status_code == 202  # within the grace period
+
+    # A second failed attempt: one more email, the grace period does not restart.
+    retried = fake_stripe.fail_payment(sub["id"])
+    deliver(client, tasks, fake_stripe.event("invoice.payment_failed", retried),
+            fake_stripe.event("invoice.payment_failed", retried))
+    emails = db.session.scalars(sa.select(Notification.period_key).where(Notification.kind == "payment_failed")).all()
+    assert sorted(emails) == sorted([f"{failed['id']}#1", f"{failed['id']}#2"])
+    assert _subscription(user.id).past_due_since == row.past_due_since
+
+    row.grace_until = row.past_due_since - timedelta(seconds=1)  # the grace period has run out
+    db.session.commit()
+    refused = user.generate()
+    assert refused.status_code == 402 and refused.get_json()["code"] == "quota_exceeded"
+    assert "payment" in refused.get_json()["detail"]
+
+    paid = fake_stripe.pay_open_invoice(sub["id"])
+    deliver(client, tasks, fake_stripe.event("invoice.paid", paid))
+    row = _subscription(user.id)
+    assert row.status.value == "active" and row.grace_until is None
+    assert user.generate().status_code == 202
+
+
+def test_cancel_keeps_the_allowance_until_the_period_ends(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    response = user.post("/subscription/cancel")
+    assert response.status_code == 200 and response.get_json()["cancel_at_period_end"] is True
+    assert fake_stripe.subscriptions[sub["id"]]["cancel_at_period_end"] is True
+    assert user.get("/usage/current").get_json()["plan"] == "pro"
+    assert user.generate().status_code == 202
+
+    ended = fake_stripe.end_subscription(sub["id"])
+    assert deliver(client, tasks, fake_stripe.event("customer.subscription.deleted", ended)) == ["applied"]
+    assert _subscription(user.id).status.value == "canceled"
+    assert _user(user.id).status.value == "canceled"
+    refused = user.generate()
+    assert refused.status_code == 403 and refused.get_json()["code"] == "account_suspended"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Notification).where(
+        Notification.kind == "subscription_canceled")) == 1
+
+
+def test_a_new_period_starts_the_allowance_again(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    assert user.generate().status_code == 202
+    assert user.get("/usage/current").get_json()["reserved"] == 1
+    renewal = fake_stripe.renew(sub["id"])
+    deliver(client, tasks, fake_stripe.event("invoice.paid", renewal))
+    usage = user.get("/usage/current").get_json()
+    assert usage["period_start"].startswith(
+        __import__("datetime").datetime.fromtimestamp(renewal["period_start"], __import__("datetime").timezone.utc)
+        .date().isoformat())
+    assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 1000)
+
+
+def test_a_suspended_user_stays_suspended_whatever_stripe_says(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    u = _user(user.id)
+    from sfx_backend.models import UserStatus
+    u.status = UserStatus.SUSPENDED
+    db.session.commit()
+    deliver(client, tasks, fake_stripe.event("customer.subscription.updated", sub))
+    assert _user(user.id).status.value == "suspended"
+
+
+def test_deleting_the_account_cancels_the_stripe_subscription_at_once(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    response = user.client.delete("/user/account", json={"password": user.password}, headers=user.headers)
+    assert response.status_code in (200, 204), response.get_json()
+    assert fake_stripe.subscriptions[sub["id"]]["status"] == "canceled"
+    assert [c.method for c in fake_stripe.calls(f"/v1/subscriptions/{sub['id']}")][-1] == "DELETE"
+
+
+def test_a_subscription_event_that_overtakes_its_checkout_still_finds_the_user(app, client, user, fake_stripe,
+                                                                               tasks):
+    response = user.post("/subscription/create", json={"plan": "studio", "success_url": "http://localhost/ok",
+                                                       "cancel_url": "http://localhost/no"})
+    session, sub, invoice = fake_stripe.complete_checkout(response.get_json()["session_id"])
+    outcomes = deliver(client, tasks, fake_stripe.event("invoice.paid", invoice),
+                       fake_stripe.event("customer.subscription.created", sub),
+                       fake_stripe.event("checkout.session.completed", session))
+    assert outcomes == ["applied", "applied", "applied"]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+    assert user.get("/usage/current").get_json()["monthly_limit"] == 5000
