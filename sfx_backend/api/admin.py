@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from .. import plans
 from ..auth import admin_required
+from ..errors import ValidationFailed
 from ..extensions import db
 from ..models import UserStatus
 from ..runtime import runtime
@@ -22,12 +23,17 @@ from .schemas import (AdminUserPageSchema, AdminUserQuerySchema, AdminUserSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operators: accounts and figures")
 
-_RANGE_DOC = ("`from` and `to` are UTC days (YYYY-MM-DD), both included; the default is the 30 days "
-              "ending today.")
+MAX_RANGE_DAYS = 366
+_RANGE_DOC = ("`from` and `to` are UTC days (YYYY-MM-DD), both included, at most 366 days apart; the "
+              "default is the 30 days ending today.")
 
 
 def _span(query: dict) -> analytics.DateRange:
-    return analytics.DateRange.resolve(query["date_from"], query["date_to"], runtime().clock().date())
+    span = analytics.DateRange.resolve(query["date_from"], query["date_to"], runtime().clock().date())
+    if span.days > MAX_RANGE_DAYS:
+        raise ValidationFailed(f"A range may span at most {MAX_RANGE_DAYS} days.",
+                               errors={"from": [f"At most {MAX_RANGE_DAYS} days before `to`."]})
+    return span
 
 
 @blp.route("/users", methods=["GET"])

@@ -177,6 +177,10 @@ def test_revenue_gives_mrr_by_plan_overage_upstream_cost_and_margin(app, admin, 
     assert revenue["gross_margin_pct"] == round(100 * (income - 300) / income, 2)
 
 
-def test_admin_routes_accept_only_iso_dates(admin):
+def test_admin_figures_accept_only_iso_dates_at_most_a_year_apart(admin):
     assert admin.get("/admin/usage-stats?from=last-week").status_code == 422
     assert admin.get("/admin/revenue?to=2026-02-30").status_code == 422
+    too_long = admin.get("/admin/usage-stats?from=0262-06-11&to=1706-04-06")
+    assert too_long.status_code == 422 and "from" in too_long.get_json()["errors"]
+    assert admin.get("/admin/revenue?from=2025-01-01&to=2026-01-01").status_code == 200  # 366 days
+    assert admin.get("/admin/revenue?from=2025-01-01&to=2026-01-02").status_code == 422
