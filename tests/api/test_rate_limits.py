@@ -263,3 +263,32 @@ def test_switching_rate_limits_off_lifts_the_jobs_cap_as_for_load_tests(app, cli
     for _ in range(7):
         response = client.post("/auth/login", json={"email": user.email, "password": "wrong password"})
         assert response.status_code == 401 and "X-RateLimit-Limit" not in response.headers
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(limited):
+    app = limited(TRUSTED_PROXY_HOPS=1)
+    client = app.test_client()
+    balancer = ip()
+    first, second = "203.0.113.7", "203.0.113.8"
+    for _ in range(5):
+        response = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
+                               environ_base=balancer, headers={"X-Forwarded-For": first})
+        assert response.status_code == 201
+    assert_rate_limited(client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
+                                    environ_base=balancer, headers={"X-Forwarded-For": first}), 5)
+    other = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
+                        environ_base=balancer, headers={"X-Forwarded-For": second})
+    assert other.status_code == 201
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_changes_nothing(limited):
+    app = limited()
+    client = app.test_client()
+    addr = ip()
+    for i in range(5):
+        response = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
+                               environ_base=addr, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+        assert response.status_code == 201
+    forged = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
+                         environ_base=addr, headers={"X-Forwarded-For": "198.51.100.99"})
+    assert_rate_limited(forged, 5)
