@@ -1,9 +1,10 @@
 """Read-only figures: a user's usage history and export, and the operators' statistics and revenue.
 
 The facts: `jobs` (one per submission, with the plan it counted against), `api_usage` (one per
-finished generation: success or final failure, with the key, upstream credits and what the user was
-charged beyond the plan, `cost_cents`), `monthly_usage` (the quota ledger) and `subscriptions`.
-Jobs and usage rows outlive deleted accounts (anonymised), so the operators' figures stay whole.
+finished generation: success or final failure, with the key and upstream credits), `monthly_usage`
+(the quota ledger, with each period's overage count and charges), `overage_charges` (one per
+generation billed beyond the allowance) and `subscriptions`. Jobs, usage rows and overage charges
+outlive deleted accounts (anonymised), so the operators' figures stay whole.
 
 Percentiles are computed by PostgreSQL (`percentile_cont`); the embedded SQLite default computes
 them in Python from the same rows.
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import (ApiKey, ApiUsage, Job, JobStatus, MonthlyUsage, QuotaState, Subscription,
+from ..models import (ApiKey, ApiUsage, Job, JobStatus, MonthlyUsage, OverageCharge, QuotaState, Subscription,
                       SubscriptionStatus, User, UserStatus)
 from ..plans import Catalogue
 from . import quota
@@ -91,16 +92,12 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 # -- a user's own usage --------------------------------------------------------------------------
 def usage_periods(session: Session, user_id: uuid.UUID, current_period: date) -> list[dict[str, Any]]:
     """One row per quota period the user has used, newest first."""
-    charged = dict(session.execute(
-        sa.select(Job.quota_period, sa.func.coalesce(sa.func.sum(ApiUsage.cost_cents), 0))
-        .join(ApiUsage, ApiUsage.job_id == Job.id)
-        .where(Job.user_id == user_id).group_by(Job.quota_period)).all())
     rows = session.scalars(sa.select(MonthlyUsage).where(MonthlyUsage.user_id == user_id)
                            .order_by(MonthlyUsage.month.desc())).all()
     return [{"period_start": row.month, "current": row.month == current_period,
              "generations": row.generation_count, "in_progress": row.reserved_count,
              "refunded": row.refunded_count, "overage_count": row.overage_count,
-             "cost_cents": int(charged.get(row.month, 0))} for row in rows]
+             "cost_cents": row.total_cost_cents} for row in rows]
 
 
 def _generations_query(user_id: uuid.UUID, span: DateRange | None, status: str | None):
@@ -321,8 +318,9 @@ def revenue(session: Session, catalogue: Catalogue, span: DateRange, now: dateti
                             "mrr_cents": n * plan.price_cents})
     mrr = sum(p["mrr_cents"] for p in mrr_by_plan)
     where = (ApiUsage.created_at >= span.start, ApiUsage.created_at < span.end)
-    overage = int(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(ApiUsage.cost_cents), 0))
-                                 .where(*where, ApiUsage.success.is_(True))) or 0)
+    overage = int(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(OverageCharge.price_cents), 0))
+                                 .where(OverageCharge.created_at >= span.start,
+                                        OverageCharge.created_at < span.end)) or 0)
     upstream = int(round(float(session.scalar(
         sa.select(sa.func.coalesce(sa.func.sum(_upstream_cents(cents_per_1000_credits)), 0)).where(*where)) or 0)))
     subscription_revenue = int(round(mrr * span.days / 30))

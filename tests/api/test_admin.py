@@ -8,8 +8,8 @@ import pytest
 
 from sfx_backend import plans
 from sfx_backend.extensions import db
-from sfx_backend.models import (ApiKey, ApiUsage, Job, JobStatus, MonthlyUsage, OutputFormat, PlanType, QuotaState,
-                                Subscription, SubscriptionStatus, User, UserRole, utcnow)
+from sfx_backend.models import (ApiKey, ApiUsage, Job, JobStatus, MonthlyUsage, OutputFormat, OverageCharge, PlanType,
+                                QuotaState, Subscription, SubscriptionStatus, User, UserRole, utcnow)
 from tests.conftest import ApiUser
 
 
@@ -158,9 +158,10 @@ def test_revenue_gives_mrr_by_plan_overage_upstream_cost_and_margin(app, admin, 
     _subscribe(users[2].id, PlanType.STUDIO, 5000)
     _subscribe(users[3].id, PlanType.STARTER, 200, status=SubscriptionStatus.CANCELED)  # not revenue
     today = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
-    _usage(uuid.UUID(users[0].id), None, "pro", ok=True, latency_ms=100, created=today, cost_cents=4,
-           credits=10000)
-    _usage(uuid.UUID(users[0].id), None, "pro", ok=True, latency_ms=100, created=today, cost_cents=4)
+    _usage(uuid.UUID(users[0].id), None, "pro", ok=True, latency_ms=100, created=today, credits=10000)
+    for n, when in enumerate((today, today, today - timedelta(days=3))):  # the last one is outside the range
+        db.session.add(OverageCharge(user_id=uuid.UUID(users[0].id), period=today.date().replace(day=1), plan="pro",
+                                     price_cents=4, identifier=f"sfx-test-{n}-{uuid.uuid4()}", created_at=when))
     db.session.commit()
     prices = plans.catalogue(app.config)
     day = today.date().isoformat()

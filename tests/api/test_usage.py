@@ -80,7 +80,8 @@ def test_usage_history_has_one_row_per_period_and_filterable_pages_of_generation
     this_period = now.date().replace(day=1)
     last_period = (this_period - timedelta(days=1)).replace(day=1)
     db.session.add_all([
-        MonthlyUsage(user_id=uid, month=last_period, generation_count=3, refunded_count=1, overage_count=0),
+        MonthlyUsage(user_id=uid, month=last_period, generation_count=3, refunded_count=1, overage_count=1,
+                     total_cost_cents=4),
         MonthlyUsage(user_id=uid, month=this_period, generation_count=2, reserved_count=0)])
     old = _job(uid, "old boom", JobStatus.SUCCEEDED, datetime.combine(last_period, datetime.min.time(),
                                                                         tzinfo=timezone.utc) + timedelta(hours=5),
@@ -90,7 +91,7 @@ def test_usage_history_has_one_row_per_period_and_filterable_pages_of_generation
     _job(uid, "broke", JobStatus.FAILED, now - timedelta(minutes=1), this_period, quota_state=QuotaState.REFUNDED,
          error_code="upstream_error")
     db.session.flush()
-    db.session.add(ApiUsage(user_id=uid, job_id=old.id, prompt="old boom", success=True, cost_cents=7))
+    db.session.add(ApiUsage(user_id=uid, job_id=old.id, prompt="old boom", success=True, cost_cents=0))
     stranger = make_user()
     _job(uuid.UUID(stranger.id), "not mine", JobStatus.SUCCEEDED, now, this_period)
     db.session.commit()
@@ -99,7 +100,8 @@ def test_usage_history_has_one_row_per_period_and_filterable_pages_of_generation
     periods = history["periods"]
     assert [p["period_start"] for p in periods] == [this_period.isoformat(), last_period.isoformat()]
     assert [p["current"] for p in periods] == [True, False]
-    assert (periods[1]["generations"], periods[1]["refunded"], periods[1]["cost_cents"]) == (3, 1, 7)
+    assert (periods[1]["generations"], periods[1]["refunded"], periods[1]["overage_count"],
+            periods[1]["cost_cents"]) == (3, 1, 1, 4)
     page = history["generations"]
     assert page["total"] == 5 and page["per_page"] == 2
     assert [g["prompt"] for g in page["items"]] == ["broke", "new 2"]
