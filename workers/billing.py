@@ -11,16 +11,17 @@ from sfx_backend import plans
 from sfx_backend.extensions import db
 from sfx_backend.queue import BILLING_APPLY_TASK, BILLING_SWEEP_TASK, METER_TASK
 from sfx_backend.runtime import runtime
-from sfx_backend.services.billing import BillingService, BillingSettings, RetryLater, stripe_client
+from sfx_backend.services.billing import BillingSettings, RetryLater, stripe_client
+from sfx_backend.services.billing_events import BillingEvents
 from sfx_backend.services.billing_usage import MeterReporter, owed_work
 from sfx_backend.services.dispatch import task_sender
 
 MAX_APPLY_RETRIES = 20
 
 
-def build_billing() -> BillingService:
+def build_billing() -> BillingEvents:
     cfg = current_app.config
-    return BillingService(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
+    return BillingEvents(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
 
 
 def build_reporter() -> MeterReporter:

@@ -9,10 +9,12 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ..errors import DomainError
-from ..services.billing import HANDLED_EVENTS
+from .. import plans
+from ..runtime import runtime
+from ..services.billing import BillingSettings
+from ..services.billing_events import HANDLED_EVENTS, BillingEvents
 from ..extensions import db
 from .common import problem_responses
-from .subscription import service
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def stripe_webhook():
     data = event.to_dict()
     if data.get("type") not in HANDLED_EVENTS:
         return {"received": True, "duplicate": False, "ignored": "unhandled event type"}
-    stored = service().record_event(data)
+    cfg = current_app.config
+    events = BillingEvents(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
+    stored = events.record_event(data)
     db.session.commit()  # the apply task is sent once this commits
     return {"received": True, "duplicate": not stored, "ignored": None}

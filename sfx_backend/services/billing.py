@@ -1,8 +1,8 @@
-"""Stripe billing: checkout, plan changes, cancellation, invoices, the portal, and webhook effects.
+"""Stripe billing: checkout, plan changes, cancellation, invoices, the portal, and the mirror.
 
 Stripe is the source of truth for what a customer pays for; `subscriptions` mirrors it. Every webhook
-effect refetches the subscription from Stripe and mirrors the whole of it (`mirror`), so events that
-arrive twice or out of order converge on Stripe's current state.
+effect (services/billing_events.py) refetches the subscription from Stripe and mirrors the whole of it
+(`mirror`), so events that arrive twice or out of order converge on Stripe's current state.
 
 Rules this module decides (docs/billing.md):
 - Upgrade (a plan higher in the catalogue order starter < pro < studio): Stripe prorates and invoices
@@ -23,24 +23,15 @@ from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
 import stripe
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, DomainError, ServiceUnavailable, ValidationFailed
-from ..models import (BillingCustomer, PlanType, StripeEvent, StripeEventStatus, Subscription,
-                      SubscriptionStatus, User, UserStatus)
+from ..models import BillingCustomer, PlanType, Subscription, SubscriptionStatus, User, UserStatus
 from ..plans import PAID_PLANS, Catalogue, Plan
-from ..queue import BILLING_APPLY_TASK
-from . import notifications
-from .dispatch import TaskSender, after_commit
+from .dispatch import TaskSender
 
 log = logging.getLogger(__name__)
 
-# The event types we act on; Stripe may send others (acknowledged, not stored).
-HANDLED_EVENTS = frozenset({
-    "checkout.session.completed", "customer.subscription.created", "customer.subscription.updated",
-    "customer.subscription.deleted", "invoice.paid", "invoice.payment_failed",
-})
 ENTITLED = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 _STATUS = {"active": SubscriptionStatus.ACTIVE, "trialing": SubscriptionStatus.ACTIVE,
            "past_due": SubscriptionStatus.PAST_DUE, "unpaid": SubscriptionStatus.PAST_DUE,
@@ -309,106 +300,7 @@ class BillingService:
             log.error("stripe refused a request", extra={"event": "stripe_error", "error": str(exc)[:200]})
             raise BillingUnavailable("Billing refused the request; try again or contact support.") from exc
 
-    # -- webhooks --------------------------------------------------------------------------------
-    def record_event(self, event: Mapping[str, Any]) -> bool:
-        """Store a verified event once and owe its apply task; False if it was stored before."""
-        row = StripeEvent(id=event["id"], type=event["type"], livemode=bool(event.get("livemode")),
-                          stripe_created=_ts(event.get("created")), payload=dict(event),
-                          status=StripeEventStatus.RECEIVED.value, received_at=self.clock())
-        try:
-            with self.session.begin_nested():
-                self.session.add(row)
-        except IntegrityError:
-            return False
-        after_commit(self.session, BILLING_APPLY_TASK, [row.id], sender=self.sender)
-        return True
-
-    def apply_event(self, event_id: str) -> str:
-        """Apply one stored event (commits). Raises RetryLater when Stripe is unreachable."""
-        locking = self.session.get_bind().dialect.name == "postgresql"
-        row = self.session.get(StripeEvent, event_id, with_for_update=locking)
-        if row is None or row.status != StripeEventStatus.RECEIVED.value:
-            self.session.commit()
-            return row.status if row else "missing"
-        row.attempts += 1
-        obj = (row.payload.get("data") or {}).get("object") or {}
-        try:
-            outcome = self._apply(row.type, obj)
-        except TRANSIENT as exc:
-            attempts = row.attempts
-            self.session.rollback()
-            self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
-                                 .values(attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:255]))
-            self.session.commit()
-            raise RetryLater(str(exc), countdown=min(15 * 2 ** (attempts - 1), 3600)) from exc
-        except stripe.StripeError as exc:
-            self.session.rollback()
-            self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
-                                 .values(status=StripeEventStatus.FAILED.value, applied_at=self.clock(),
-                                         last_error=f"{type(exc).__name__}: {exc}"[:255]))
-            self.session.commit()
-            log.error("stripe event failed", extra={"event": "stripe_event_failed", "stripe_event": event_id})
-            return StripeEventStatus.FAILED.value
-        row.status = outcome
-        row.applied_at = self.clock()
-        row.last_error = None
-        self.session.commit()
-        log.info("stripe event %s", outcome, extra={"event": "stripe_event", "type": row.type,
-                                                     "stripe_event": event_id})
-        return outcome
-
-    def _ours(self, metadata: Mapping[str, Any] | None) -> bool:
-        metadata = metadata or {}
-        return metadata.get("app") == self.settings.app_tag and metadata.get("env") == self.settings.env_tag
-
-    def _apply(self, kind: str, obj: Mapping[str, Any]) -> str:
-        applied, ignored = StripeEventStatus.APPLIED.value, StripeEventStatus.IGNORED.value
-        if kind == "checkout.session.completed":
-            if not self._ours(obj.get("metadata")) or obj.get("mode") != "subscription":
-                return ignored
-            user_id = _uuid(obj.get("client_reference_id"))
-            user = self.session.get(User, user_id) if user_id else None
-            if user is None or not obj.get("subscription"):
-                return ignored
-            self._link_customer(user.id, obj.get("customer"))
-            remote = plain(self.client.v1.subscriptions.retrieve(obj["subscription"]))
-            return applied if self.mirror(remote, user.id) is not None else ignored
-        if kind.startswith("customer.subscription."):
-            remote = self._refetch(obj.get("id"), fallback=obj)
-        else:  # invoice.paid / invoice.payment_failed
-            sub_id = _invoice_subscription(obj)
-            if not sub_id:
-                return ignored
-            remote = self._refetch(sub_id)
-        if remote is None or not self._ours(remote.get("metadata")):
-            return ignored
-        sub = self.mirror(remote)
-        if sub is None:
-            return ignored
-        user = self.session.get(User, sub.user_id)
-        now = self.clock()
-        if kind == "invoice.payment_failed" and user is not None and obj.get("status") != "paid":
-            # One email per failed attempt: Stripe counts attempts on the invoice.
-            notifications.payment_failed(
-                self.session, user, invoice_id=f"{obj.get('id')}#{obj.get('attempt_count') or 1}",
-                plan=sub.plan_type.value, now=now, amount_cents=obj.get("amount_due"),
-                currency=obj.get("currency") or "usd", action_url=obj.get("hosted_invoice_url"))
-        if kind == "customer.subscription.deleted" and user is not None \
-                and sub.status == SubscriptionStatus.CANCELED:
-            notifications.subscription_canceled(self.session, user, subscription_id=sub.stripe_subscription_id,
-                                                plan=sub.plan_type.value, now=now, ends_at=sub.current_period_end)
-        return applied
-
-    def _refetch(self, sub_id: str | None, fallback: Mapping[str, Any] | None = None) -> dict | None:
-        if not sub_id:
-            return None
-        try:
-            return plain(self.client.v1.subscriptions.retrieve(sub_id))
-        except stripe.InvalidRequestError as exc:
-            if getattr(exc, "code", None) == "resource_missing" and fallback is not None:
-                return dict(fallback)  # gone from Stripe (deleted long ago): the event's copy is all there is
-            raise
-
+    # -- mirroring Stripe (webhooks: services/billing_events.py) ----------------------------------
     def _link_customer(self, user_id: uuid.UUID, customer_id: str | None) -> None:
         if not customer_id:
             return
@@ -512,13 +404,6 @@ def _price_id(item: Mapping[str, Any] | None) -> str:
         return ""
     price = item.get("price") or item.get("plan") or {}
     return price.get("id", "") if isinstance(price, Mapping) else str(price)
-
-
-def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
-    """The invoice's subscription id: `parent.subscription_details` (API 2025-03-31 on) or `subscription`."""
-    details = ((invoice.get("parent") or {}).get("subscription_details") or {})
-    sub = details.get("subscription") or invoice.get("subscription")
-    return sub.get("id") if isinstance(sub, Mapping) else sub
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
