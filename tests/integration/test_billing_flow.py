@@ -174,3 +174,23 @@ def test_a_subscription_event_that_overtakes_its_checkout_still_finds_the_user(a
     assert outcomes == ["applied", "applied", "applied"]
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
     assert user.get("/usage/current").get_json()["monthly_limit"] == 5000
+
+
+def test_a_downgrade_made_in_the_customer_portal_also_waits_for_the_next_period(app, client, user, fake_stripe,
+                                                                               tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="studio")
+    remote = fake_stripe.subscriptions[sub["id"]]
+    remote["items"]["data"][0]["price"] = {"id": "price_pro_monthly", "object": "price"}  # done in the portal
+    deliver(client, tasks, fake_stripe.event("customer.subscription.updated", remote))
+    current = user.get("/subscription/current").get_json()
+    assert (current["plan"], current["monthly_limit"], current["scheduled_plan"]) == ("studio", 5000, "pro")
+
+
+def test_an_upgrade_from_a_plan_without_overage_adds_the_metered_price(app, client, user, fake_stripe, tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="starter")
+    assert [i["price"]["id"] for i in fake_stripe.subscriptions[sub["id"]]["items"]["data"]] == \
+        ["price_starter_monthly"]
+    response = user.client.put("/subscription/upgrade", json={"plan": "pro"}, headers=user.headers)
+    assert response.status_code == 200 and response.get_json()["overage_allowed"] is True
+    assert sorted(i["price"]["id"] for i in fake_stripe.subscriptions[sub["id"]]["items"]["data"]) == \
+        ["price_pro_monthly", "price_pro_overage"]
