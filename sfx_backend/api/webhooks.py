@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 blp = Blueprint("webhooks", __name__, url_prefix="/webhooks", description="Stripe webhooks")
 
 TOLERANCE_SECONDS = 300
+# Events (an invoice with many lines) can outgrow the API's body limit; refusing one would lose it.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 class BadSignature(DomainError):
@@ -46,6 +48,7 @@ def stripe_webhook():
         # Nothing can be verified: refused like a bad signature (Stripe keeps retrying for days).
         log.error("webhook received but STRIPE_WEBHOOK_SECRET is not set", extra={"event": "webhook_unconfigured"})
         raise BadSignature("This server has no webhook secret configured, so no signature can be verified.")
+    request.max_content_length = MAX_EVENT_BYTES
     payload = request.get_data()  # the raw bytes: a re-serialised body would not match the signature
     signature = request.headers.get("Stripe-Signature")
     if not signature:

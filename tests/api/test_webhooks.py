@@ -90,3 +90,10 @@ def test_without_a_configured_secret_nothing_verifies_and_nothing_is_stored(app,
     response = post_event(client, _event(fake_stripe))
     assert response.status_code == 400 and response.headers["Content-Type"] == "application/problem+json"
     assert tasks.sent == [] and db.session.scalar(sa.select(sa.func.count()).select_from(StripeEvent)) == 0
+
+
+def test_an_event_larger_than_the_apis_body_limit_is_still_accepted(app, client, fake_stripe, tasks):
+    event = _event(fake_stripe, lines=["x" * 100] * 1500)  # ~150 KB, over MAX_BODY_BYTES (64 KB)
+    assert len(json.dumps(event)) > app.config["MAX_CONTENT_LENGTH"]
+    response = post_event(client, event)
+    assert response.status_code == 200 and tasks.args(APPLY) == [event["id"]]
