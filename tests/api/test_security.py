@@ -123,7 +123,8 @@ def test_forged_expired_revoked_and_refresh_tokens_are_refused_on_every_protecte
 
 # -- mass assignment ------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [("role", "admin"), ("status", "active"), ("id", str(uuid.uuid4())),
-                                          ("created_at", "2020-01-01T00:00:00Z"), ("password_hash", "x")])
+                                          ("created_at", "2020-01-01T00:00:00Z"), ("password_hash", "x")],
+                         ids=["role", "status", "id", "created_at", "password_hash"])
 def test_a_user_cannot_set_fields_it_does_not_own_on_its_profile(client, user, field, value):
     response = client.put("/user/profile", headers=user.headers, json={"first_name": "Eve", field: value})
     assert response.status_code == 422 and field in response.get_json()["errors"]
@@ -132,7 +133,8 @@ def test_a_user_cannot_set_fields_it_does_not_own_on_its_profile(client, user, f
                                                                                          None)
 
 
-@pytest.mark.parametrize("field, value", [("status", "active"), ("id", str(uuid.uuid4())), ("role", "admin")])
+@pytest.mark.parametrize("field, value", [("status", "active"), ("id", str(uuid.uuid4())), ("role", "admin")],
+                         ids=["status", "id", "role"])
 def test_registration_cannot_choose_status_role_or_id(client, field, value):
     response = client.post("/auth/register", json={"email": "mass@example.com", "password": "0123456789",
                                                    field: value})
