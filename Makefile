@@ -49,5 +49,10 @@ beat: $(STAMP)
 flower: $(STAMP)
 	$(BIN)/celery -A workers flower --address=127.0.0.1 --port=5555 $${FLOWER_BASIC_AUTH:+--basic-auth=$$FLOWER_BASIC_AUTH}
 
+BENCH_ARGS ?=
+bench: $(STAMP) services
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf instance out .pytest_cache
