@@ -49,9 +49,11 @@ JOB_SECONDS = Histogram(
 def instrument_app(app: Flask) -> None:
     """Time every request and record it under its URL rule, method and status."""
 
-    @app.before_request
     def _start_timer() -> None:
         g._metrics_started = time.perf_counter()
+
+    # First of all before-request hooks, so requests they refuse (rate limits, 413s) are timed too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
 
     @app.after_request
     def _observe(response):

@@ -169,3 +169,16 @@ def test_the_worker_exporter_serves_figures_on_its_port_and_a_busy_port_does_not
     assert f'sfx_upstream_requests_total{{code="ok",key="{name}",outcome="succeeded"}} 1.0' in body
     assert metrics.start_worker_exporter({"WORKER_METRICS_PORT": port}) is None
     assert metrics.start_worker_exporter({"WORKER_METRICS_PORT": None}) is None
+
+
+def test_requests_refused_by_an_earlier_before_request_hook_are_timed_too():
+    from flask import Flask, abort
+
+    app = Flask("refusing")
+    app.before_request(lambda: abort(429))  # registered first, like the rate limiter
+    metrics.instrument_app(app)
+    app.add_url_rule("/refused", "refused", lambda: "never")
+    name, labels = "sfx_http_request_duration_seconds_count", {"method": "GET", "route": "/refused", "status": "429"}
+    before = metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+    assert app.test_client().get("/refused").status_code == 429
+    assert metrics.REGISTRY.get_sample_value(name, labels) == before + 1
