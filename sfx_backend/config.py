@@ -77,6 +77,16 @@ def database_url(raw: str | None, instance: Path) -> str:
     return raw
 
 
+def _engine_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """Connection pool per process. A worker's pool should cover its threads (--concurrency), or they
+    queue for connections; DB_POOL_SIZE + DB_MAX_OVERFLOW is the most a process opens."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if (env.get("DATABASE_URL") or "").startswith(("postgres://", "postgresql")):
+        options["pool_size"] = _int(env, "DB_POOL_SIZE", 5)
+        options["max_overflow"] = _int(env, "DB_MAX_OVERFLOW", 10)
+    return options
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Build the settings dict for `create_app` from an environment mapping (default: os.environ)."""
     env = dict(os.environ if environ is None else environ)
@@ -114,7 +124,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
         # database
         "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(env),
         # queue
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": broker_url,
