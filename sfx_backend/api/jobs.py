@@ -74,21 +74,23 @@ def _submit(body: dict):
                               output_format=body["output_format"])
     job, created = _service().submit(current_user, params, key.strip() if key else None,
                                      getattr(g, "request_id", None))
+    # Serialised before the commit: afterwards every attribute would be reloaded from the database.
+    body, job_id = serialize_job(job), str(job.id)
+    status = 202 if created or not job.is_finished else 200
     db.session.commit()
     if created:
-        _enqueue(job)
-    status = 202 if created or not job.is_finished else 200
-    return serialize_job(job), status, {"Location": f"/jobs/{job.id}"}
+        _enqueue(job_id)
+    return body, status, {"Location": f"/jobs/{job_id}"}
 
 
-def _enqueue(job: Job) -> None:
+def _enqueue(job_id: str) -> None:
     """After the commit. If the broker is down the job stays queued and the sweeper re-sends it."""
     queue = runtime().job_queue
     try:
-        queue.enqueue_generation(str(job.id))
+        queue.enqueue_generation(job_id)
     except Exception:  # noqa: BLE001 - the job row is safe; losing the message must not fail the request
         log.exception("enqueue failed; the job waits for the sweeper",
-                      extra={"event": "enqueue_failed", "job_id": str(job.id)})
+                      extra={"event": "enqueue_failed", "job_id": job_id})
 
 
 _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
