@@ -19,8 +19,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg2
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -29,17 +27,9 @@ from sfx_backend.extensions import db  # noqa: E402
 from sfx_backend.models import Job, JobStatus  # noqa: E402
 from sfx_backend.workers_support import build_key_pool  # noqa: E402
 from tests.support.fake_elevenlabs import FakeElevenLabs  # noqa: E402
+from tests.support.postgres import pg_admin  # noqa: E402
 from tests.support.processes import start_worker, stop  # noqa: E402
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
 
 
 def _rss_kib(pid: int) -> int:
@@ -97,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     db_name = f"sfx_bench_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{db_name}"')
+    pg_admin(f'CREATE DATABASE "{db_name}"')
     workdir = REPO / "instance" / "bench" / db_name
     secrets = {f"bench-key-{i:04d}": args.per_key for i in range(args.keys)}
     env = {
@@ -163,7 +153,7 @@ def main() -> None:
     finally:
         if worker is not None:
             stop(worker)
-        _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
     slots = args.keys * args.per_key
     floor = math.ceil(args.jobs / slots) * args.latency if args.jobs % slots else args.jobs / slots * args.latency

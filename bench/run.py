@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 from bench import loadgen  # noqa: E402
 from tests.support.nanio_server import NanioServer  # noqa: E402
 from tests.support.pipeline import free_port  # noqa: E402
+from tests.support.postgres import pg_admin  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_DB = 9  # the test suite uses 10-15
 UNLIMITED = {"monthly_limit": 10**9, "max_concurrent_jobs": 10**6, "requests_per_minute": 10**6}
 TARGETS = {1: 0.5, 2: 0.7}
@@ -90,16 +90,6 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             pass
         time.sleep(interval)
     raise RuntimeError(f"timed out waiting for {what}")
-
-
-def pg_admin(sql: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def summarize(result: loadgen.Result) -> dict:

@@ -9,27 +9,16 @@ import os
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
+from tests.support.postgres import pg_admin
 
-PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_TEMPLATE = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/{name}")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/{db}")
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +30,10 @@ def worker_id_suffix(request) -> str:
 def database_url(worker_id_suffix) -> str:
     """A fresh PostgreSQL database for this run, dropped at the end."""
     name = f"sfx_test_{worker_id_suffix}_{uuid.uuid4().hex[:8]}"
-    _admin(f'DROP DATABASE IF EXISTS "{name}"')
-    _admin(f'CREATE DATABASE "{name}"')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}"')
+    pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_URL_TEMPLATE.format(name=name)
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import uuid
 import psycopg2
 import pytest
 
-from tests.conftest import PG_URL_TEMPLATE, _admin, make_environ
+from tests.conftest import PG_URL_TEMPLATE, make_environ
+from tests.support.postgres import pg_admin
 from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -18,9 +19,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fresh_database():
     name = f"sfx_scripts_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
+    pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_URL_TEMPLATE.format(name=name)
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _run(script: str, env: dict[str, str]) -> str:

@@ -6,7 +6,8 @@ from flask_migrate import check, downgrade, upgrade
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
-from tests.conftest import FAST_HASH, PG_URL_TEMPLATE, _admin, make_environ
+from tests.conftest import FAST_HASH, PG_URL_TEMPLATE, make_environ
+from tests.support.postgres import pg_admin
 
 
 def _round_trip(app) -> None:
@@ -27,9 +28,9 @@ def test_migrations_match_the_models_and_round_trip_on_sqlite(tmp_path, encrypti
 @pytest.fixture
 def scratch_database():
     name = f"sfx_schema_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
+    pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_URL_TEMPLATE.format(name=name)
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migrations_match_the_models_and_round_trip_on_postgresql(scratch_database, tmp_path, encryption_key):
