@@ -96,6 +96,8 @@ def _enqueue(job_id: str) -> None:
 _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
 
 
+# POST /jobs is an alias: one view, so both URLs share their validation, limits and documentation.
+@blp.route("/jobs", methods=["POST"], endpoint="create_job")
 @blp.route("/usage/generate", methods=["POST"])
 @jwt_required()
 @limits.generate
@@ -106,19 +108,6 @@ _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
 @problem_responses(blp, 400, 401, 402, 403, 422, 429)
 def generate(body):
     """Submit a generation: reserves one unit of quota and queues a job. Poll `Location`."""
-    return _submit(body)
-
-
-@blp.route("/jobs", methods=["POST"])
-@jwt_required()
-@limits.generate
-@blp.arguments(GenerateSchema)
-@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
-@blp.doc(**_SUBMIT_DOC)
-@problem_responses(blp, 400, 401, 402, 403, 422, 429)
-def create_job(body):
-    """Alias of POST /usage/generate."""
     return _submit(body)
 
 
