@@ -308,6 +308,7 @@ class Bench:
             self.procs.stop(worker)
         overhead = [(finished - submitted[jid]) - upstream for jid, finished, upstream, _ in rows]
         in_service = [(finished - created) - upstream for _, finished, upstream, created in rows]
+        stages = self._stages(submitted)
         self.samples["item3 pipeline overhead"] = overhead
         self.samples["item3 bare celery round trip"] = baseline
         failed = self.args.pipeline_jobs - len(rows)
@@ -321,8 +322,10 @@ class Bench:
             "celery_round_trip_p50_ms": round(statistics.median(baseline) * 1000, 2),
             "celery_round_trip_p99_ms": round(loadgen.percentile(baseline, 99) * 1000, 2),
             "overhead_vs_round_trip_p50": round(p50 / (statistics.median(baseline) * 1000), 1),
+            "stages_p50_ms": stages,
             "target_p50_ms": OVERHEAD_TARGET_P50_MS, "meets_target": p50 <= OVERHEAD_TARGET_P50_MS,
         }
+        log(f"item 3 stages (p50 ms): {stages}")
         log(f"item 3: overhead p50 {out['overhead_p50_ms']} ms p99 {out['overhead_p99_ms']} ms | bare round trip "
             f"p50 {out['celery_round_trip_p50_ms']} ms | {len(rows)}/{self.args.pipeline_jobs} succeeded")
         return out
@@ -349,6 +352,26 @@ class Bench:
                 GROUP BY j.id""", (list(submitted),))
             return [(jid, float(f), float(u), float(c)) for jid, f, u, c in cur.fetchall()]
 
+    def _stages(self, submitted: dict[str, float]) -> dict[str, float]:
+        """Where item 3's overhead goes, p50 of each stage (succeeded jobs with one attempt):
+        `api`: client's send -> the job row's `created_at` (HTTP, auth); `to_claim`: -> `started_at`
+        (the rest of the submit, the Celery hop, the claim); `to_call`: -> the upstream call's start
+        (taking a key slot); `after_call`: the call's end -> `finished_at` (recording, upload)."""
+        with psycopg2.connect(self.db_url) as conn, conn.cursor() as cur:
+            cur.execute("""
+                SELECT j.id::text, extract(epoch FROM j.created_at), extract(epoch FROM j.started_at),
+                       extract(epoch FROM a.started_at), a.latency_ms / 1000.0, extract(epoch FROM j.finished_at)
+                FROM jobs j JOIN job_attempts a ON a.job_id = j.id
+                WHERE j.id::text = ANY(%s) AND j.status = 'succeeded' AND j.attempts = 1""", (list(submitted),))
+            rows = [(jid, *map(float, rest)) for jid, *rest in cur.fetchall()]
+        if not rows:
+            return {}
+        spans = {"api": [c - submitted[j] for j, c, *_ in rows],
+                 "to_claim": [s - c for _, c, s, *_ in rows],
+                 "to_call": [a - s for _, _, s, a, _, _ in rows],
+                 "after_call": [f - (a + lat) for _, _, _, a, lat, f in rows]}
+        return {name: round(statistics.median(values) * 1000, 1) for name, values in spans.items()}
+
     # -- item 4 --------------------------------------------------------------------------------------
     def item4(self) -> dict:
         """The key-pool saturation figure: bench/keypool_saturation.py (key-pool work), run as it is."""
@@ -371,18 +394,25 @@ class Bench:
         log(f"load average before the run: {os.getloadavg()} (other work on the machine skews absolute figures)")
         with ExitStack() as stack:
             self.setup(stack)
-            worker = self.start_worker()
-            jobs = self.prepare_succeeded_jobs()
-            self.procs.stop(worker)
-            if self.args.profile:
-                self.profiler = self.start_profiler()
-            self.results["item1_submit"] = self.item1()
-            if self.args.profile:
-                self.stop_profiler()
-            self.results["item2_poll"] = self.item2(jobs)
-            self.results["item3_pipeline"] = self.item3()
-            self.results["item4_key_pool_saturation"] = (self.item4() if not self.args.skip_key_pool
-                                                         else {"status": "skipped (--skip-key-pool)"})
+            items = set(self.args.items)
+            if items & {1, 2}:
+                worker = self.start_worker()
+                jobs = self.prepare_succeeded_jobs()
+                self.procs.stop(worker)
+            if 1 in items:
+                if self.args.profile:
+                    self.profiler = self.start_profiler()
+                self.results["item1_submit"] = self.item1()
+                if self.args.profile:
+                    self.stop_profiler()
+            if 2 in items:
+                self.results["item2_poll"] = self.item2(jobs)
+            if 3 in items:
+                self.results["item3_pipeline"] = self.item3()
+            if 4 in items and not self.args.skip_key_pool:
+                self.results["item4_key_pool_saturation"] = self.item4()
+            elif 4 in items:
+                self.results["item4_key_pool_saturation"] = {"status": "skipped (--skip-key-pool)"}
         return {"run_id": self.run_id, "started": started.isoformat(), "load_average_at_end": os.getloadavg(),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "platform": platform.platform()},
@@ -427,18 +457,18 @@ def markdown_table(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, label, goal in (("item1_submit", "1. POST /usage/generate", TARGETS[1]),
                              ("item2_poll", "2. GET /jobs/<id>", TARGETS[2])):
-        for clients, fig in r[key].items():
+        for clients, fig in r.get(key, {}).items():
             t, b = fig["target"], fig["baseline"]
             rows.append(f"| {label} | {clients} | {t['throughput_rps']} | {t['p50_ms']} | {t['p99_ms']} | "
                         f"{b['throughput_rps']} | {b['p50_ms']} | {b['p99_ms']} | {fig['throughput_ratio']} | "
                         f"≥ {goal} |")
-    p = r["item3_pipeline"]
-    rows += ["", "| item | p50 ms | p99 ms | bare Celery round trip p50 / p99 ms | goal |", "|---|---|---|---|---|",
+    p = r.get("item3_pipeline")
+    rows += [] if p is None else ["", "| item | p50 ms | p99 ms | bare Celery round trip p50 / p99 ms | goal |", "|---|---|---|---|---|",
              f"| 3. pipeline overhead ({p['succeeded']} jobs at {p['rate_per_second']}/s, upstream "
              f"{p['upstream_latency_s']} s) | {p['overhead_p50_ms']} | {p['overhead_p99_ms']} | "
              f"{p['celery_round_trip_p50_ms']} / {p['celery_round_trip_p99_ms']} | p50 ≤ {p['target_p50_ms']} |",
              ""]
-    k = r["item4_key_pool_saturation"]
+    k = r.get("item4_key_pool_saturation", {"status": "not run (--items)"})
     if "ratio" in k:
         rows.append(f"4. key-pool saturation (bench/keypool_saturation.py): {k['jobs']} jobs, {k['keys']} keys x "
                     f"{k['per_key']} in flight, upstream {k['latency_s']} s: {k['elapsed_s']} s against a floor of "
@@ -464,6 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pipeline-rate", type=float, default=10.0, help="item 3 submissions per second")
     ap.add_argument("--profile", action="store_true", help="py-spy the API during item 1")
     ap.add_argument("--skip-key-pool", action="store_true", help="leave out item 4")
+    ap.add_argument("--items", type=int, nargs="+", choices=[1, 2, 3, 4], default=[1, 2, 3, 4],
+                    help="run only these items (a partial run still writes its outputs)")
     ap.add_argument("--workdir", help="logs and profiles (default /tmp/sfx-bench-<id>)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     return ap.parse_args(argv)
