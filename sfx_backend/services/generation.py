@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 import time
 import uuid
 from contextlib import contextmanager
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY)
 WAITING_FOR_CAPACITY = "waiting_for_upstream_capacity"
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+# Heartbeat loops run on reused threads: starting a thread per upstream call cost milliseconds on
+# the critical path. A loop holds its thread for one call, so the cap is far above any concurrency.
+_heartbeats = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="lease")
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,12 @@ class GenerationRunner:
         while True:
             key: LeasedKey | None = None
             if self.provider.needs_key:
+                # The first lease commits together with the claim: one durable commit, not two.
                 key, outcome = self._lease_key(job, tried, extra)
                 if outcome is not None:
                     return outcome
+            else:
+                self.session.commit()
             try:
                 with self._heartbeat(job, key):
                     audio = self.provider.generate(self._request(job), api_key=key.secret if key else None)
@@ -105,34 +113,34 @@ class GenerationRunner:
                 if result is not None:
                     return result
                 continue
-            self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost,
-                                 audio.latency_ms)
-            if key is not None:
-                self.key_pool.release(key.lease_id)
-                self.key_pool.report_success(key.id)
-            self.session.commit()
-            if key is not None:
-                slot_freed.notify()
-            return self._store_and_finish(job, key, audio, extra)
+            return self._store_and_finish(job, key, audio, self.clock(), extra)
 
     # -- steps -----------------------------------------------------------------------------------
     def _claim(self, job_id: uuid.UUID) -> Job | None:
+        """Take the job (queued, or running with an expired lease) and load it, in one statement.
+
+        Not committed: the caller commits, together with the key lease when there is one. That commit
+        does not wait for the WAL flush (PostgreSQL `synchronous_commit = off`): if the database
+        crashed and lost it, the job would read queued again and be re-sent by the sweeper, and the
+        lease would be gone with it, so nothing durable depends on it. The final settle stays durable.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
         now = self.clock()
         claimable = sa.or_(Job.status == JobStatus.QUEUED,
                            sa.and_(Job.status == JobStatus.RUNNING, Job.lease_until < now))
-        claimed = self.session.execute(
+        job = self.session.scalars(
             sa.update(Job).where(Job.id == job_id, claimable)
             .values(status=JobStatus.RUNNING, started_at=sa.func.coalesce(Job.started_at, now),
                     lease_until=now + timedelta(seconds=self.settings.lease_seconds),
                     queue_reason=None, provider=self.provider.name, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        self.session.commit()
-        if claimed != 1:
+            .returning(Job)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        ).first()
+        if job is None:
+            self.session.commit()
             log.info("job not claimable, nothing to do", extra={"event": "job_skip", "job_id": str(job_id)})
             return None
-        job = self.session.get(Job, job_id)
-        self.session.refresh(job)
         log.info("job started", extra={"event": "job_started", "job_id": str(job.id),
                                        "user_id": str(job.user_id), "request_id": job.request_id})
         return job
@@ -162,7 +170,7 @@ class GenerationRunner:
                 self.session.commit()
                 slot_freed.notify()
                 return None, RunResult.done()
-            self.session.refresh(job)
+            self.session.commit()
             return key, None
         if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
             return None, self._fail(job, "upstream_unavailable",
@@ -201,13 +209,15 @@ class GenerationRunner:
                 except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
                     log.warning("lease renewal failed", exc_info=True, extra={"job_id": str(job.id)})
 
-        thread = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
-        thread.start()
+        beating = _heartbeats.submit(beat)
         try:
             yield
         finally:
             stop.set()
-            thread.join(5)
+            try:
+                beating.result(5)
+            except FutureTimeout:
+                log.warning("lease renewal did not stop in time", extra={"job_id": str(job.id)})
 
     @staticmethod
     def _request(job: Job) -> SoundRequest:
@@ -255,8 +265,13 @@ class GenerationRunner:
         from datetime import timezone
         return datetime.fromtimestamp(reset, timezone.utc) if isinstance(reset, (int, float)) else None
 
-    def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio,
+    def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio, ended: datetime,
                           extra: dict) -> RunResult:
+        """Upload, then record the attempt, free the slot and settle in one transaction.
+
+        Nothing is written before the upload, so no transaction stays open across it; the slot stays
+        leased for the upload's few milliseconds and is freed by the same commit that settles the job.
+        """
         object_key = storage_key_for(job, audio.extension)
         for attempt in range(1, self.settings.storage_tries + 1):
             try:
@@ -267,12 +282,17 @@ class GenerationRunner:
                                                            "try": attempt, "error": str(exc)[:200]})
                 if attempt == self.settings.storage_tries:
                     # The audio is lost with this delivery; a later one generates it again.
-                    return self._requeue(job, "retrying_after_storage_error",
-                                         self._backoff(attempt, None))
+                    self._record_success(job, key, audio, ended)
+                    return self._requeue(job, "retrying_after_storage_error", self._backoff(attempt, None))
                 self.sleep(min(0.5 * attempt, 2.0))
         now = self.clock()
         if not self._lock_unfinished(job, JobStatus.RUNNING):
+            self._record_success(job, key, audio, ended)
+            self.session.commit()
+            if key is not None:
+                slot_freed.notify()
             return RunResult.done(job.status.value)
+        self._record_success(job, key, audio, ended)
         if quota.settle(self.session, job, now):
             self.session.add(ApiUsage(
                 user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
@@ -287,10 +307,20 @@ class GenerationRunner:
         job.finished_at, job.lease_until, job.queue_reason = now, None, None
         job.error_code = job.error_message = None
         self.session.commit()
+        if key is not None:
+            slot_freed.notify()
         metrics.job_finished(job)
         log.info("job succeeded", extra={**extra, "event": "job_succeeded", "key": key.name if key else None,
                                          "size_bytes": len(audio.data), "attempts": job.attempts})
         return RunResult.done(JobStatus.SUCCEEDED.value)
+
+    def _record_success(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio, ended: datetime) -> None:
+        """The upstream call worked: its attempt row, and its key slot freed (the caller commits)."""
+        self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost, audio.latency_ms,
+                             ended)
+        if key is not None:
+            self.key_pool.release(key.lease_id)
+            self.key_pool.report_success(key.id)
 
     def _lock_unfinished(self, job: Job, *statuses: JobStatus) -> bool:
         """Lock the job row and check it is still in one of `statuses` (a cancel may have won)."""
@@ -328,9 +358,10 @@ class GenerationRunner:
         return RunResult.done(JobStatus.FAILED.value)
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
-                        upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
-        now = self.clock()
-        started = now - timedelta(milliseconds=latency_ms or 0)
+                        upstream_code: str | None, cost: int | None, latency_ms: int | None,
+                        ended: datetime | None = None) -> None:
+        """`ended`: when the call returned (default: now); the attempt started `latency_ms` before."""
+        started = (ended or self.clock()) - timedelta(milliseconds=latency_ms or 0)
         job.attempts += 1
         metrics.upstream_call(key and key.name, outcome, upstream_code or http_status, latency_ms)
         self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,

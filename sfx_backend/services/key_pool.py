@@ -158,18 +158,22 @@ class KeyPool:
         now = self.clock()
         excluded = set(exclude)
         # A look without the lock first: when the pool is full (the common case for waiters) we
-        # answer at once and leave the lock to the threads that free and take slots.
-        if not self._free_candidates(now, excluded):
-            return None
+        # answer at once and leave the lock to the threads that free and take slots. On PostgreSQL the
+        # look and the lock are one statement: the lock is taken only if the look finds a free slot.
         if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID)))
-        loads = self.loads(now)
-        free = self._free_candidates(now, excluded, loads)
+            locked = self.session.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID))
+                .where(sa.exists(self._free_query(now, excluded)))).first()
+            if locked is None:
+                return None
+        elif not self._free_candidates(now, excluded):
+            return None
+        free = self._free_candidates(now, excluded)
         if not free:
             return None
         oldest = datetime.min.replace(tzinfo=timezone.utc)
-        key = min(free, key=lambda k: (loads.get(k.id, 0) / k.max_concurrency, k.last_used or oldest,
-                                       k.created_at))
+        key, _ = min(free, key=lambda kl: (kl[1] / kl[0].max_concurrency, kl[0].last_used or oldest,
+                                           kl[0].created_at))
         lease = KeyLease(id=uuid.uuid4(), api_key_id=key.id, job_id=job_id, holder=holder,
                          acquired_at=now, expires_at=now + self.lease)
         self.session.add(lease)
@@ -183,13 +187,17 @@ class KeyPool:
         return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
                          lease_id=lease.id)
 
-    def _free_candidates(self, now: datetime, excluded: set[uuid.UUID],
-                         loads: dict[uuid.UUID, int] | None = None) -> list[ApiKey]:
-        loads = self.loads(now) if loads is None else loads
+    def _free_query(self, now: datetime, excluded: set[uuid.UUID]) -> sa.Select:
+        """Usable keys with a free slot, each with its count of live leases."""
+        load = (sa.select(sa.func.count()).where(KeyLease.api_key_id == ApiKey.id, KeyLease.expires_at > now)
+                .correlate(ApiKey).scalar_subquery())
+        query = sa.select(ApiKey, load).where(self._usable(now), load < ApiKey.max_concurrency)
+        return query.where(ApiKey.id.not_in(excluded)) if excluded else query
+
+    def _free_candidates(self, now: datetime, excluded: set[uuid.UUID]) -> list[tuple[ApiKey, int]]:
         # populate_existing: rows read before the lock must not leave stale counters in the session.
-        query = sa.select(ApiKey).where(self._usable(now)).execution_options(populate_existing=True)
-        return [k for k in self.session.scalars(query)
-                if k.id not in excluded and loads.get(k.id, 0) < k.max_concurrency]
+        query = self._free_query(now, excluded).execution_options(populate_existing=True)
+        return [(key, count) for key, count in self.session.execute(query)]
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
@@ -197,8 +205,13 @@ class KeyPool:
 
     # -- health ------------------------------------------------------------------------------------
     def report_success(self, key_id: uuid.UUID) -> None:
-        """A call on this key worked: its failure streak ends."""
-        self.session.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(consecutive_failures=0))
+        """A call on this key worked: its failure streak ends.
+
+        Only a key with a streak is written (and so row-locked): the common case leaves the row alone,
+        so `acquire`, which updates key rows under the pool lock, never waits on a finishing job.
+        """
+        self.session.execute(sa.update(ApiKey).where(ApiKey.id == key_id, ApiKey.consecutive_failures != 0)
+                             .values(consecutive_failures=0))
 
     def report_failure(self, key_id: uuid.UUID, error: ProviderError, reset_at: datetime | None = None) -> None:
         """Apply the health rule for this failure to the key (docs/key-pool.md has the table)."""

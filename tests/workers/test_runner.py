@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from sfx_backend.extensions import db
 from sfx_backend.models import ApiKey, ApiKeyStatus, ApiUsage, Job, JobAttempt, JobStatus, utcnow
@@ -266,6 +267,43 @@ def test_a_storage_outage_requeues_the_job_without_charging(app, user, make_runn
     assert user.get("/usage/current").get_json()["used"] == 0
     assert make_runner(storage=storage).run(job_id).status == "succeeded"
     assert_ledger_balances(user.id)
+
+
+def test_a_storage_outage_after_a_keyed_call_records_the_attempt_and_frees_the_slot(
+        app, user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=3)
+    assert make_runner(eleven, storage=storage).run(job_id).action == "retry"
+    db.session.expire_all()
+    attempt = db.session.query(JobAttempt).filter_by(job_id=job_id).one()
+    assert attempt.outcome == "succeeded" and attempt.api_key_id is not None
+    assert db.session.get(Job, job_id).attempts == 1
+    assert pool.loads() == {}  # the call is over: its slot is free although the job is not done
+
+
+def test_the_key_slot_is_held_until_the_audio_is_stored_then_freed_with_the_settle(
+        app, user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    seen = []
+
+    class Watching:
+        def put(self, key, data, content_type):
+            with db.engine.connect() as other:  # what other workers see while the upload runs
+                seen.append(other.execute(sa.text("SELECT count(*) FROM key_leases WHERE job_id = :j"),
+                                          {"j": job_id}).scalar())
+            app.extensions["sfx"].storage.put(key, data, content_type)
+
+        def __getattr__(self, name):
+            return getattr(app.extensions["sfx"].storage, name)
+
+    assert make_runner(eleven, storage=Watching()).run(job_id).status == "succeeded"
+    assert seen == [1]
+    db.session.expire_all()
+    assert pool.loads() == {}
 
 
 def test_no_secret_reaches_the_job_or_the_logs(user, make_runner, pool, eleven, fake_upstream, caplog):
