@@ -6,17 +6,18 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from ..errors import (AccountSuspended, IdempotencyConflict, JobNotCancelable, NotFound, TooManyJobs,
                       ValidationFailed)
 from ..models import Job, JobStatus, OutputFormat, QuotaState, User, UserStatus
 from ..plans import Catalogue
 from . import quota
+from .sql import insert_for
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
@@ -36,6 +37,15 @@ class GenerationParams:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
+@lru_cache(maxsize=None)
+def _insert_job_statement(dialect: str) -> sa.Insert:
+    """Built once (building a statement costs more CPU than running it); the row comes as parameters."""
+    jobs = Job.__table__
+    return (insert_for(dialect)(jobs)
+            .on_conflict_do_nothing(index_elements=[jobs.c.user_id, jobs.c.idempotency_key])
+            .returning(jobs.c.id))
+
+
 class JobService:
     """The caller owns the transaction: it commits, and enqueues only after the commit."""
 
@@ -51,41 +61,57 @@ class JobService:
 
     def submit(self, user: User, params: GenerationParams, idempotency_key: str | None = None,
                request_id: str | None = None) -> tuple[Job, bool]:
-        """Reserve a unit and create a queued job; returns (job, created). Replays return the original."""
+        """Reserve a unit and create a queued job; returns (job, created). Replays return the original.
+
+        The job row goes in with `INSERT ... ON CONFLICT (user_id, idempotency_key) DO NOTHING`: a
+        retry (or a concurrent duplicate) of a keyed request inserts nothing and answers with the
+        original job, with no lookup before the insert and no savepoint around it. Checks that fail
+        after the insert raise, and the caller's rollback takes the row back out.
+        """
         if user.status in (UserStatus.SUSPENDED, UserStatus.CANCELED):
             raise AccountSuspended(f"This account is {user.status.value}; generation is not available.")
         now = self.clock()
         fingerprint = params.fingerprint()
-        if idempotency_key:
+        allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
+        values = {
+            "id": uuid.uuid4(), "user_id": user.id, "status": JobStatus.QUEUED, "prompt": params.prompt,
+            "duration_seconds": params.duration_seconds, "prompt_influence": params.prompt_influence,
+            "loop": params.loop, "output_format": OutputFormat(params.output_format),
+            "idempotency_key": idempotency_key, "request_hash": fingerprint, "provider": None,
+            "plan": allowance.plan, "attempts": 0, "queue_reason": None, "error_code": None,
+            "error_message": None, "quota_period": allowance.period_key, "quota_state": QuotaState.RESERVED,
+            "storage_key": None, "content_type": None, "size_bytes": None, "lease_until": None,
+            "request_id": request_id, "created_at": now, "updated_at": now, "started_at": None,
+            "finished_at": None,
+        }
+        for _ in range(3):
+            if self._insert(values):
+                break
             replay = self._replay(user.id, idempotency_key, fingerprint, now)
             if replay is not None:
                 return replay, False
-        allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
+            # The key's job is older than the window and was just let go of (or gone): insert again.
+        else:
+            raise RuntimeError("the job insert kept conflicting on its Idempotency-Key")
         plan = self.plans.get(allowance.plan) if self.plans is not None else None
         if plan is not None and params.duration_seconds is not None \
                 and params.duration_seconds > plan.max_duration_seconds:
             limit = f"{plan.max_duration_seconds:g}"
             raise ValidationFailed(f"The {plan.name} plan makes sounds up to {limit} seconds long.",
                                    errors={"duration_seconds": [f"At most {limit} seconds on the {plan.name} plan."]})
-        job = Job(id=uuid.uuid4(), user_id=user.id, status=JobStatus.QUEUED, prompt=params.prompt,
-                  duration_seconds=params.duration_seconds, prompt_influence=params.prompt_influence,
-                  loop=params.loop, output_format=OutputFormat(params.output_format),
-                  idempotency_key=idempotency_key, request_hash=fingerprint,
-                  quota_period=allowance.period_key, quota_state=QuotaState.RESERVED,
-                  request_id=request_id, plan=allowance.plan, created_at=now, updated_at=now)
-        try:
-            with self.session.begin_nested():
-                self.session.add(job)
-        except IntegrityError:
-            # A concurrent request with the same Idempotency-Key committed first: answer with its job.
-            replay = self._replay(user.id, idempotency_key, fingerprint, now) if idempotency_key else None
-            if replay is None:
-                raise
-            return replay, False
         quota.reserve(self.session, user.id, allowance, now)
         if plan is not None and self.cap_jobs:
             self._check_jobs_at_once(user.id, plan.name, plan.max_concurrent_jobs)
+        # The row is written; the object joins the session as persistent, with nothing left to flush.
+        job = Job(**values)
+        make_transient_to_detached(job)
+        self.session.add(job)
         return job, True
+
+    def _insert(self, values: dict) -> bool:
+        """Insert the job row unless its Idempotency-Key is taken; True if it went in."""
+        statement = _insert_job_statement(self.session.get_bind().dialect.name)
+        return self.session.execute(statement, values).first() is not None
 
     def _check_jobs_at_once(self, user_id: uuid.UUID, plan: str, cap: int) -> None:
         """TooManyJobs if the new job makes more than `cap` queued or running.

@@ -9,12 +9,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import QuotaExceeded
 from ..models import BillingCustomer, Job, MonthlyUsage, QuotaState, Subscription, SubscriptionStatus, User
+from .sql import insert_for
 
 # Statuses in which a subscription's allowance applies (a failed payment keeps a grace period).
 _ENTITLED = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
@@ -44,22 +46,33 @@ def _next_month(start: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=timezone.utc)
 
 
+# Hot-path statements are built once: constructing a SQLAlchemy statement costs more CPU than
+# running it. They take their values as bound parameters.
+_CURRENT_SUBSCRIPTION = (
+    sa.select(Subscription, BillingCustomer.overage_cap_cents)
+    .outerjoin(BillingCustomer, BillingCustomer.user_id == Subscription.user_id)
+    .where(Subscription.user_id == sa.bindparam("user_id"), Subscription.status.in_(_ENTITLED),
+           Subscription.current_period_start <= sa.bindparam("now"),
+           Subscription.current_period_end > sa.bindparam("now"))
+    .order_by(Subscription.current_period_start.desc())
+    .limit(1)
+)
+
+
+def _current(session: Session, user_id: uuid.UUID, now: datetime) -> tuple[Subscription | None, int | None]:
+    row = session.execute(_CURRENT_SUBSCRIPTION, {"user_id": user_id, "now": now}).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
 def current_subscription(session: Session, user_id: uuid.UUID, now: datetime) -> Subscription | None:
     """The subscription whose allowance applies now, if any."""
-    return session.scalars(
-        sa.select(Subscription)
-        .where(Subscription.user_id == user_id, Subscription.status.in_(_ENTITLED),
-               Subscription.current_period_start <= now, Subscription.current_period_end > now)
-        .order_by(Subscription.current_period_start.desc())
-        .limit(1)
-    ).first()
+    return _current(session, user_id, now)[0]
 
 
 def allowance_for(session: Session, user: User, now: datetime, trial_limit: int) -> Allowance:
     """The period and limit a generation by `user` at `now` counts against."""
-    sub = current_subscription(session, user.id, now)
+    sub, cap = _current(session, user.id, now)
     if sub is not None:
-        cap = session.scalar(sa.select(BillingCustomer.overage_cap_cents).where(BillingCustomer.user_id == user.id))
         blocked = None
         if sub.status == SubscriptionStatus.PAST_DUE and sub.grace_until is not None and now >= sub.grace_until:
             blocked = ("The last payment failed and its grace period ended on "
@@ -73,53 +86,63 @@ def allowance_for(session: Session, user: User, now: datetime, trial_limit: int)
                      monthly_limit=trial_limit)
 
 
-def _insert(session: Session):
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+def _admits(allowance: Allowance, held: int) -> bool:
+    """Whether one more unit fits when `held` are settled or reserved (the rule `reserve` runs in SQL)."""
+    if held < allowance.monthly_limit or (allowance.overage_allowed and allowance.overage_cap_cents is None):
+        return True
+    if not allowance.overage_allowed:
+        return False
+    return (held + 1 - allowance.monthly_limit) * allowance.overage_price_cents <= allowance.overage_cap_cents
+
+
+@lru_cache(maxsize=None)
+def _reserve_statement(dialect: str) -> sa.Insert:
+    """INSERT the period's row holding one unit, or add one to it while the rule of `_admits` holds."""
+    usage = MonthlyUsage.__table__
+    held = usage.c.generation_count + usage.c.reserved_count
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    admits = sa.or_(held < limit, sa.bindparam("uncapped", type_=sa.Boolean),
+                    sa.and_(sa.bindparam("capped", type_=sa.Boolean),
+                            (held + 1 - limit) * sa.bindparam("price", type_=sa.Integer)
+                            <= sa.bindparam("cap", type_=sa.Integer)))
+    now = sa.bindparam("now", type_=usage.c.updated_at.type)
+    return (insert_for(dialect)(usage)
+            .values(id=sa.bindparam("id"), user_id=sa.bindparam("user_id"), month=sa.bindparam("month"),
+                    reserved_count=1, created_at=now, updated_at=now)
+            .on_conflict_do_update(index_elements=["user_id", "month"],
+                                   set_={"reserved_count": usage.c.reserved_count + 1, "updated_at": now},
+                                   where=admits)
+            .returning(usage.c.id))
 
 
 def reserve(session: Session, user_id: uuid.UUID, allowance: Allowance, now: datetime) -> None:
-    """Hold one unit for a new job, or raise QuotaExceeded. One conditional UPDATE: race-free.
+    """Hold one unit for a new job, or raise QuotaExceeded. One conditional upsert: race-free.
 
     With overage allowed, a unit past the limit is accepted (and counted as overage when it settles)
     as long as the units past the limit, this one included, stay within the user's overage cap.
+    The period's first unit creates its ledger row; later ones increment it only while the condition
+    holds (PostgreSQL locks the row for the check, so concurrent reservations queue on it).
     """
     if allowance.blocked:
         raise QuotaExceeded(allowance.blocked)
-    insert = _insert(session)
-    session.execute(
-        insert(MonthlyUsage)
-        .values(id=uuid.uuid4(), user_id=user_id, month=allowance.period_key, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["user_id", "month"])
-    )
-    held = MonthlyUsage.generation_count + MonthlyUsage.reserved_count
-    condition = held < allowance.monthly_limit
-    capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
-    if allowance.overage_allowed and not capped:
-        condition = sa.true()
-    elif capped:
-        over = held + 1 - allowance.monthly_limit
-        condition = sa.or_(condition, over * allowance.overage_price_cents <= allowance.overage_cap_cents)
-    result = session.execute(
-        sa.update(MonthlyUsage)
-        .where(MonthlyUsage.user_id == user_id, MonthlyUsage.month == allowance.period_key)
-        .where(condition)
-        .values(reserved_count=MonthlyUsage.reserved_count + 1, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        if capped:
-            raise QuotaExceeded(
-                f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used, and "
-                f"one more would take overage past your cap of {allowance.overage_cap_cents} cents; raise "
-                f"the cap or wait until {allowance.period_end.date().isoformat()}.")
+    if _admits(allowance, 0):
+        capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
+        reserved = session.execute(_reserve_statement(session.get_bind().dialect.name), {
+            "id": uuid.uuid4(), "user_id": user_id, "month": allowance.period_key, "now": now,
+            "limit": allowance.monthly_limit, "uncapped": allowance.overage_allowed and not capped,
+            "capped": capped, "price": allowance.overage_price_cents,
+            "cap": allowance.overage_cap_cents if capped else 0,
+        }).first()
+        if reserved is not None:
+            return
+    if allowance.overage_allowed and allowance.overage_cap_cents is not None:
         raise QuotaExceeded(
-            f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used or "
-            f"in progress; the allowance renews on {allowance.period_end.date().isoformat()}.")
+            f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used, and "
+            f"one more would take overage past your cap of {allowance.overage_cap_cents} cents; raise "
+            f"the cap or wait until {allowance.period_end.date().isoformat()}.")
+    raise QuotaExceeded(
+        f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used or "
+        f"in progress; the allowance renews on {allowance.period_end.date().isoformat()}.")
 
 
 def _move(session: Session, job: Job, to: QuotaState, now: datetime) -> bool:

@@ -3,6 +3,7 @@ import threading
 import uuid
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -85,3 +86,57 @@ def test_an_active_subscription_uses_its_plan_limit_and_billing_period(app, user
     assert usage["period_start"].startswith((now - timedelta(days=3)).date().isoformat())
     user.generate()
     assert db.session.query(MonthlyUsage).one().month == (now - timedelta(days=3)).date()
+
+
+# (limit, overage allowed, price cents, cap cents or None) -> units accepted out of 6 tries
+RULES = [
+    ((0, False, 0, None), 0),
+    ((2, False, 0, None), 2),
+    ((2, True, 100, None), 6),   # overage without a cap: never refused
+    ((2, True, 100, 250), 4),    # two units past the limit cost 200 <= 250; a third would be 300
+    ((0, True, 100, 100), 1),
+    ((0, True, 100, 50), 0),
+]
+
+
+def _accepted(user_id, rule) -> int:
+    limit, overage, price, cap = rule
+    now = utcnow()
+    allowance = quota.Allowance(plan="pro", period_start=now - timedelta(days=1), period_end=now + timedelta(days=29),
+                                monthly_limit=limit, overage_allowed=overage, overage_price_cents=price,
+                                overage_cap_cents=cap)
+    accepted = 0
+    for _ in range(6):
+        try:
+            quota.reserve(db.session, user_id, allowance, now)
+            accepted += 1
+        except QuotaExceeded:
+            pass
+    row = quota.usage_row(db.session, user_id, allowance.period_key)
+    assert (row.reserved_count if row else 0) == accepted
+    return accepted
+
+
+@pytest.mark.parametrize("rule,expected", RULES)
+def test_the_reservation_rule_on_postgresql(app, user, rule, expected):
+    assert _accepted(uuid.UUID(user.id), rule) == expected
+
+
+def test_the_reservation_rule_on_sqlite(tmp_path):
+    from flask_migrate import upgrade
+
+    from sfx_backend import create_app
+
+    app = create_app({"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024},
+                     environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), "LOG_LEVEL": "warning",
+                              "CELERY_BROKER_URL": "memory://"})
+    with app.app_context():
+        upgrade()
+        assert db.engine.dialect.name == "sqlite"
+        for rule, expected in RULES:
+            user = User(email=f"rule-{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
+            db.session.add(user)
+            db.session.flush()
+            assert _accepted(user.id, rule) == expected, rule
+        db.session.remove()
+        db.engine.dispose()
