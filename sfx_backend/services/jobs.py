@@ -111,7 +111,7 @@ class JobService:
     def _insert(self, values: dict) -> bool:
         """Insert the job row unless its Idempotency-Key is taken; True if it went in."""
         statement = _insert_job_statement(self.session.get_bind().dialect.name)
-        return self.session.execute(statement, values).first() is not None
+        return self.session.connection().execute(statement, values).first() is not None
 
     def _check_jobs_at_once(self, user_id: uuid.UUID, plan: str, cap: int) -> None:
         """TooManyJobs if the new job makes more than `cap` queued or running.

@@ -48,30 +48,33 @@ def _next_month(start: datetime) -> datetime:
 
 # Hot-path statements are built once: constructing a SQLAlchemy statement costs more CPU than
 # running it. They take their values as bound parameters.
-_CURRENT_SUBSCRIPTION = (
-    sa.select(Subscription, BillingCustomer.overage_cap_cents)
-    .outerjoin(BillingCustomer, BillingCustomer.user_id == Subscription.user_id)
-    .where(Subscription.user_id == sa.bindparam("user_id"), Subscription.status.in_(_ENTITLED),
-           Subscription.current_period_start <= sa.bindparam("now"),
-           Subscription.current_period_end > sa.bindparam("now"))
-    .order_by(Subscription.current_period_start.desc())
-    .limit(1)
+_subscriptions = Subscription.__table__
+_ENTITLED_NOW = sa.and_(
+    _subscriptions.c.user_id == sa.bindparam("user_id"), _subscriptions.c.status.in_(_ENTITLED),
+    _subscriptions.c.current_period_start <= sa.bindparam("now"),
+    _subscriptions.c.current_period_end > sa.bindparam("now"))
+_NEWEST_FIRST = _subscriptions.c.current_period_start.desc()
+_CURRENT_SUBSCRIPTION = sa.select(Subscription).where(_ENTITLED_NOW).order_by(_NEWEST_FIRST).limit(1)
+# What an allowance needs, as plain columns (no ORM objects on the submit path).
+_CURRENT_TERMS = (
+    sa.select(_subscriptions.c.plan_type, _subscriptions.c.status, _subscriptions.c.current_period_start,
+              _subscriptions.c.current_period_end, _subscriptions.c.monthly_limit,
+              _subscriptions.c.overage_allowed, _subscriptions.c.overage_price_cents,
+              _subscriptions.c.grace_until, BillingCustomer.__table__.c.overage_cap_cents)
+    .select_from(_subscriptions.outerjoin(BillingCustomer.__table__,
+                                          BillingCustomer.__table__.c.user_id == _subscriptions.c.user_id))
+    .where(_ENTITLED_NOW).order_by(_NEWEST_FIRST).limit(1)
 )
-
-
-def _current(session: Session, user_id: uuid.UUID, now: datetime) -> tuple[Subscription | None, int | None]:
-    row = session.execute(_CURRENT_SUBSCRIPTION, {"user_id": user_id, "now": now}).first()
-    return (row[0], row[1]) if row is not None else (None, None)
 
 
 def current_subscription(session: Session, user_id: uuid.UUID, now: datetime) -> Subscription | None:
     """The subscription whose allowance applies now, if any."""
-    return _current(session, user_id, now)[0]
+    return session.scalars(_CURRENT_SUBSCRIPTION, {"user_id": user_id, "now": now}).first()
 
 
 def allowance_for(session: Session, user: User, now: datetime, trial_limit: int) -> Allowance:
     """The period and limit a generation by `user` at `now` counts against."""
-    sub, cap = _current(session, user.id, now)
+    sub = session.connection().execute(_CURRENT_TERMS, {"user_id": user.id, "now": now}).first()
     if sub is not None:
         blocked = None
         if sub.status == SubscriptionStatus.PAST_DUE and sub.grace_until is not None and now >= sub.grace_until:
@@ -80,7 +83,7 @@ def allowance_for(session: Session, user: User, now: datetime, trial_limit: int)
         return Allowance(plan=sub.plan_type.value, period_start=sub.current_period_start,
                          period_end=sub.current_period_end, monthly_limit=sub.monthly_limit,
                          overage_allowed=sub.overage_allowed, overage_price_cents=sub.overage_price_cents,
-                         overage_cap_cents=cap, blocked=blocked)
+                         overage_cap_cents=sub.overage_cap_cents, blocked=blocked)
     start = datetime(now.year, now.month, 1, tzinfo=timezone.utc)
     return Allowance(plan="trial", period_start=start, period_end=_next_month(start),
                      monthly_limit=trial_limit)
@@ -127,7 +130,7 @@ def reserve(session: Session, user_id: uuid.UUID, allowance: Allowance, now: dat
         raise QuotaExceeded(allowance.blocked)
     if _admits(allowance, 0):
         capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
-        reserved = session.execute(_reserve_statement(session.get_bind().dialect.name), {
+        reserved = session.connection().execute(_reserve_statement(session.get_bind().dialect.name), {
             "id": uuid.uuid4(), "user_id": user_id, "month": allowance.period_key, "now": now,
             "limit": allowance.monthly_limit, "uncapped": allowance.overage_allowed and not capped,
             "capped": capped, "price": allowance.overage_price_cents,
