@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
+from flask import Flask
+from flask.testing import FlaskClient
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
@@ -95,6 +97,19 @@ class RecordingQueue:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append((job_id, countdown))
+
+
+class ClosingClient(FlaskClient):
+    """A test client that closes each response as a WSGI server does, so work the app runs once the
+    response is sent (`response.call_on_close`: publishing a submitted job) has run when a call returns."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _closing_test_client(monkeypatch):
+    monkeypatch.setattr(Flask, "test_client_class", ClosingClient)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from flask import current_app, g, redirect, request
+from flask import after_this_request, current_app, g, redirect, request
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
@@ -79,18 +79,30 @@ def _submit(body: dict):
     status = 202 if created or not job.is_finished else 200
     db.session.commit()
     if created:
-        _enqueue(job_id)
+        _enqueue_after_response(job_id)
     return body, status, {"Location": f"/jobs/{job_id}"}
 
 
-def _enqueue(job_id: str) -> None:
-    """After the commit. If the broker is down the job stays queued and the sweeper re-sends it."""
+def _enqueue_after_response(job_id: str) -> None:
+    """Publish once the response is out (the WSGI server calls the response's `close`).
+
+    The job is committed before the 202 is sent, so the plugin never waits on the broker: if the
+    process dies before the publish, or the broker is down, the job stays queued and the sweeper
+    re-sends it (`SWEEP_*` settings).
+    """
     queue = runtime().job_queue
-    try:
-        queue.enqueue_generation(job_id)
-    except Exception:  # noqa: BLE001 - the job row is safe; losing the message must not fail the request
-        log.exception("enqueue failed; the job waits for the sweeper",
-                      extra={"event": "enqueue_failed", "job_id": job_id})
+
+    def publish() -> None:
+        try:
+            queue.enqueue_generation(job_id)
+        except Exception:  # noqa: BLE001 - the job row is safe; the sweeper re-sends it
+            log.exception("enqueue failed; the job waits for the sweeper",
+                          extra={"event": "enqueue_failed", "job_id": job_id})
+
+    @after_this_request
+    def publish_when_sent(response):
+        response.call_on_close(publish)
+        return response
 
 
 _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])

@@ -171,6 +171,22 @@ def test_audio_of_an_unfinished_job_is_a_404(user):
     assert response.status_code == 404
 
 
+def test_the_job_is_published_once_the_response_is_sent_not_before(user, queue):
+    """The WSGI server closes the response after sending it; the publish waits for that."""
+    response = user.client.post("/usage/generate", json={"prompt": "thunder"}, headers=user.headers,
+                                buffered=False)
+    assert response.status_code == 202 and queue.sent == []
+    response.close()
+    assert queue.sent == [(response.get_json()["id"], None)]
+
+
+def test_a_replay_publishes_nothing(user, queue):
+    first = user.generate("thunder", headers={"Idempotency-Key": "same"})
+    again = user.generate("thunder", headers={"Idempotency-Key": "same"})
+    assert again.status_code == 202 and again.get_json()["id"] == first.get_json()["id"]
+    assert queue.sent == [(first.get_json()["id"], None)]
+
+
 def test_a_broker_outage_still_answers_202_and_keeps_the_job(user, queue):
     queue.fail = True
     response = user.generate()
