@@ -77,6 +77,39 @@ def _today(now: datetime) -> Any:
     return now.astimezone(timezone.utc).date()
 
 
+# -- the statements `acquire` runs, built once ---------------------------------------------------------
+_keys, _leases = ApiKey.__table__, KeyLease.__table__
+_live = (sa.select(_leases.c.api_key_id, sa.func.count().label("live"))
+         .where(_leases.c.expires_at > sa.bindparam("now")).group_by(_leases.c.api_key_id).subquery("live"))
+_live_count = sa.func.coalesce(_live.c.live, 0)
+# Usable (active, or rate limited with its cooldown over; under its daily limit), with a free slot.
+_FREE_KEYS = (
+    sa.select(_keys.c.id, _keys.c.key_name, _keys.c.last4, _keys.c.encrypted_key, _keys.c.max_concurrency,
+              _keys.c.last_used, _keys.c.created_at, _live_count.label("live"))
+    .select_from(_keys.outerjoin(_live, _live.c.api_key_id == _keys.c.id))
+    .where(_keys.c.status.in_((ApiKeyStatus.ACTIVE, ApiKeyStatus.RATE_LIMITED)),
+           sa.or_(_keys.c.cooldown_until.is_(None), _keys.c.cooldown_until <= sa.bindparam("now")),
+           sa.or_(_keys.c.daily_usage_date.is_(None), _keys.c.daily_usage_date < sa.bindparam("today"),
+                  _keys.c.daily_usage < _keys.c.daily_limit),
+           _live_count < _keys.c.max_concurrency,
+           _keys.c.id.not_in(sa.bindparam("excluded", expanding=True)))
+    .order_by(_keys.c.created_at, _keys.c.id)  # ties in `acquire`'s choice go to the oldest key
+)
+_LOCK_IF_FREE = sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID)).where(sa.exists(_FREE_KEYS))
+_INSERT_LEASE = sa.insert(_leases)
+_is_new_day = sa.or_(_keys.c.daily_usage_date.is_(None), _keys.c.daily_usage_date != sa.bindparam("today"))
+_was_cooling = _keys.c.status == ApiKeyStatus.RATE_LIMITED
+_active = sa.literal(ApiKeyStatus.ACTIVE, type_=_keys.c.status.type)
+_COUNT_CALL = (
+    sa.update(_keys).where(_keys.c.id == sa.bindparam("key_id"))
+    .values(daily_usage=sa.case((_is_new_day, 1), else_=_keys.c.daily_usage + 1),
+            daily_usage_date=sa.bindparam("today"), last_used=sa.bindparam("now"),
+            status=sa.case((_was_cooling, _active), else_=_keys.c.status),
+            status_reason=sa.case((_was_cooling, None), else_=_keys.c.status_reason),
+            cooldown_until=sa.case((_was_cooling, None), else_=_keys.c.cooldown_until))
+)
+
+
 class KeyPool:
     """Key pool operations on a session; methods flush, the caller commits (promptly, after acquire)."""
 
@@ -154,50 +187,36 @@ class KeyPool:
 
     def acquire(self, job_id: uuid.UUID | None = None, holder: str | None = None,
                 exclude: Iterable[uuid.UUID] = ()) -> LeasedKey | None:
-        """Lease a slot on the best key, or None when no key can take a call now."""
+        """Lease a slot on the best key, or None when no key can take a call now.
+
+        Runs on prebuilt Core statements (this is on every job's path): building statements and ORM
+        objects cost more CPU than the queries. Keys read this way are not loaded into the session.
+        """
         now = self.clock()
-        excluded = set(exclude)
+        params = {"now": now, "today": _today(now), "excluded": list(exclude)}
+        self.session.flush()  # the statements below go past the session: it must hold nothing unwritten
+        connection = self.session.connection()
         # A look without the lock first: when the pool is full (the common case for waiters) we
         # answer at once and leave the lock to the threads that free and take slots. On PostgreSQL the
         # look and the lock are one statement: the lock is taken only if the look finds a free slot.
-        if self.session.get_bind().dialect.name == "postgresql":
-            locked = self.session.execute(
-                sa.select(sa.func.pg_advisory_xact_lock(_POOL_LOCK_ID))
-                .where(sa.exists(self._free_query(now, excluded)))).first()
-            if locked is None:
+        if connection.dialect.name == "postgresql":
+            if connection.execute(_LOCK_IF_FREE, params).first() is None:
                 return None
-        elif not self._free_candidates(now, excluded):
+        elif connection.execute(_FREE_KEYS, params).first() is None:
             return None
-        free = self._free_candidates(now, excluded)
+        free = connection.execute(_FREE_KEYS, params).all()
         if not free:
             return None
         oldest = datetime.min.replace(tzinfo=timezone.utc)
-        key, _ = min(free, key=lambda kl: (kl[1] / kl[0].max_concurrency, kl[0].last_used or oldest,
-                                           kl[0].created_at))
-        lease = KeyLease(id=uuid.uuid4(), api_key_id=key.id, job_id=job_id, holder=holder,
-                         acquired_at=now, expires_at=now + self.lease)
-        self.session.add(lease)
-        if key.status == ApiKeyStatus.RATE_LIMITED:  # its cooldown has passed
-            key.status, key.status_reason, key.cooldown_until = ApiKeyStatus.ACTIVE, None, None
-        if key.daily_usage_date != _today(now):
-            key.daily_usage, key.daily_usage_date = 0, _today(now)
-        key.daily_usage += 1
-        key.last_used = now
-        self.session.flush()
-        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
-                         lease_id=lease.id)
-
-    def _free_query(self, now: datetime, excluded: set[uuid.UUID]) -> sa.Select:
-        """Usable keys with a free slot, each with its count of live leases."""
-        load = (sa.select(sa.func.count()).where(KeyLease.api_key_id == ApiKey.id, KeyLease.expires_at > now)
-                .correlate(ApiKey).scalar_subquery())
-        query = sa.select(ApiKey, load).where(self._usable(now), load < ApiKey.max_concurrency)
-        return query.where(ApiKey.id.not_in(excluded)) if excluded else query
-
-    def _free_candidates(self, now: datetime, excluded: set[uuid.UUID]) -> list[tuple[ApiKey, int]]:
-        # populate_existing: rows read before the lock must not leave stale counters in the session.
-        query = self._free_query(now, excluded).execution_options(populate_existing=True)
-        return [(key, count) for key, count in self.session.execute(query)]
+        key = min(free, key=lambda k: (k.live / k.max_concurrency, k.last_used or oldest, k.created_at))
+        lease_id = uuid.uuid4()
+        connection.execute(_INSERT_LEASE, {"id": lease_id, "api_key_id": key.id, "job_id": job_id,
+                                           "holder": holder, "acquired_at": now,
+                                           "expires_at": now + self.lease})
+        # Counts the call for the day (a new day starts at 1); a key whose cooldown has passed is active again.
+        connection.execute(_COUNT_CALL, {"key_id": key.id, "now": now, "today": _today(now)})
+        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4,
+                         secret=self._require_cipher().decrypt(key.encrypted_key), lease_id=lease_id)
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
