@@ -127,7 +127,9 @@ def main() -> None:
                 headers = {"Authorization": f"Bearer {token}"}
                 started = time.monotonic()
                 for i in range(args.jobs):
-                    response = client.post("/usage/generate", headers=headers,
+                    # buffered: the response is closed at once, as a WSGI server closes it after
+                    # sending; the API publishes the job at that moment.
+                    response = client.post("/usage/generate", headers=headers, buffered=True,
                                            json={"prompt": f"bench sound {i}", "duration_seconds": 1.0})
                     assert response.status_code == 202, response.get_json()
                 submitted = time.monotonic() - started

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,6 +91,46 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             pass
         time.sleep(interval)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+def cpu_seconds() -> Counter:
+    """CPU seconds used so far by each part of the stack on this machine (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = str(os.getpid())
+    used: Counter = Counter()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if pid == me:
+            group = "load generator"
+        elif "gunicorn" in cmdline:
+            group = "api (gunicorn)"
+        elif comm.startswith("postgres"):
+            group = "postgresql"
+        elif comm.startswith("redis-server"):
+            group = "redis"
+        else:
+            continue
+        used[group] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return used
+
+
+def measured(run) -> tuple[loadgen.Result, Counter]:
+    """Run one load round; its result and the CPU seconds each part of the stack spent on it."""
+    before = cpu_seconds()
+    result = run()
+    after = cpu_seconds()
+    return result, Counter({group: after[group] - before[group] for group in after})
+
+
+def cpu_per_request(cpu: Counter, result: loadgen.Result) -> dict[str, float]:
+    """CPU milliseconds per successful request, by part of the stack (where a ratio's cost goes)."""
+    return {group: round(seconds * 1000 / result.ok, 2) for group, seconds in sorted(cpu.items())} \
+        if result.ok else {}
 
 
 def summarize(result: loadgen.Result) -> dict:
@@ -208,11 +249,19 @@ class Bench:
             base_total, target_total = loadgen.Result(), loadgen.Result()
             loadgen.run(HOST, self.api_port, baseline_request, clients, 1.0)  # warm-up
             loadgen.run(HOST, self.api_port, target_request, clients, 1.0, expect)
+            base_cpu, target_cpu = Counter(), Counter()
             for _ in range(self.args.rounds):
-                base_total.merge(loadgen.run(HOST, self.api_port, baseline_request, clients, self.args.seconds))
-                target_total.merge(loadgen.run(HOST, self.api_port, target_request, clients, self.args.seconds,
-                                               expect))
+                result, cpu = measured(lambda: loadgen.run(HOST, self.api_port, baseline_request, clients,
+                                                           self.args.seconds))
+                base_total.merge(result)
+                base_cpu.update(cpu)
+                result, cpu = measured(lambda: loadgen.run(HOST, self.api_port, target_request, clients,
+                                                           self.args.seconds, expect))
+                target_total.merge(result)
+                target_cpu.update(cpu)
             b, t = summarize(base_total), summarize(target_total)
+            b["cpu_ms_per_request"] = cpu_per_request(base_cpu, base_total)
+            t["cpu_ms_per_request"] = cpu_per_request(target_cpu, target_total)
             ratio = round(t["throughput_rps"] / b["throughput_rps"], 3) if b["throughput_rps"] else None
             out[str(clients)] = {"baseline": b, "target": t, "throughput_ratio": ratio}
             self.samples[f"item{item} c={clients} baseline"] = base_total.latencies
@@ -220,6 +269,8 @@ class Bench:
             log(f"item {item} c={clients}: {name} {t['throughput_rps']} rps p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms"
                 f" | verify {b['throughput_rps']} rps p50 {b['p50_ms']} ms | ratio {ratio}"
                 f" | errors {t['errors']}/{b['errors']} {t['statuses']}")
+            log(f"item {item} c={clients}: CPU ms per request, {name} {t['cpu_ms_per_request']} | verify "
+                f"{b['cpu_ms_per_request']}")
         return out
 
     def item1(self) -> dict:
@@ -291,11 +342,12 @@ class Bench:
             if self.args.profile:
                 self.profiler = self.start_profiler([str(worker.pid)], "worker")
             submitted: dict[str, float] = {}
+            client = requests.Session()  # one keep-alive connection, as the plugin keeps one
             for i in range(self.args.pipeline_jobs):
                 user = self.users[i % len(self.users)]
                 sent = time.time()
-                r = requests.post(f"{self.base}/usage/generate", headers={"Authorization": f"Bearer {user['token']}"},
-                                  json={"prompt": f"pipeline {i}", "duration_seconds": 1.0}, timeout=10)
+                r = client.post(f"{self.base}/usage/generate", headers={"Authorization": f"Bearer {user['token']}"},
+                                json={"prompt": f"pipeline {i}", "duration_seconds": 1.0}, timeout=10)
                 if r.status_code != 202:
                     raise RuntimeError(f"item 3 submit answered {r.status_code}: {r.text[:300]}")
                 submitted[r.json()["id"]] = sent
@@ -423,13 +475,14 @@ class Bench:
 
     # -- profiling (optional) --------------------------------------------------------------------------
     def start_profiler(self, pids: list[str] | None = None, label: str = "api") -> list[subprocess.Popen]:
-        """py-spy (raw collapsed stacks, idle included) on the gunicorn workers, or on `pids`."""
+        """py-spy on the gunicorn workers, or on `pids`: raw collapsed stacks of the threads holding the GIL
+        (where Python spends CPU; threads waiting on the database or on the GIL are left out)."""
         out = pids or subprocess.run(["pgrep", "-P", str(self.api.pid)], capture_output=True, text=True).stdout.split()
         profilers = []
         for pid in out:
             target = self.work / f"profile-{label}-{pid}.txt"
             profilers.append(subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", pid, "--format", "raw",
-                                               "--rate", "200", "--output", str(target), "--nonblocking"],
+                                               "--rate", "200", "--output", str(target), "--nonblocking", "--gil"],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         log(f"profiling {label} processes {out} with py-spy into {self.work}")
         return profilers
@@ -451,23 +504,32 @@ def write_outputs(report: dict, samples: dict, out_dir: Path) -> None:
         log(f"no chart ({exc}); install the bench extra: pip install -e '.[bench]'")
 
 
+def _cpu(figures: dict) -> str:
+    cpu = figures.get("cpu_ms_per_request", {})
+    return f"{cpu.get('api (gunicorn)', '-')}, {cpu.get('postgresql', '-')}"
+
+
 def markdown_table(report: dict) -> str:
     r = report["results"]
-    rows = ["| item | clients | target rps | p50 ms | p99 ms | baseline rps | p50 ms | p99 ms | ratio | goal |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| item | clients | target rps | p50 ms | p99 ms | baseline rps | p50 ms | p99 ms | ratio | goal "
+            "| CPU ms per request, target / baseline: API, PostgreSQL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, label, goal in (("item1_submit", "1. POST /usage/generate", TARGETS[1]),
                              ("item2_poll", "2. GET /jobs/<id>", TARGETS[2])):
         for clients, fig in r.get(key, {}).items():
             t, b = fig["target"], fig["baseline"]
             rows.append(f"| {label} | {clients} | {t['throughput_rps']} | {t['p50_ms']} | {t['p99_ms']} | "
                         f"{b['throughput_rps']} | {b['p50_ms']} | {b['p99_ms']} | {fig['throughput_ratio']} | "
-                        f"≥ {goal} |")
+                        f"≥ {goal} | {_cpu(t)} / {_cpu(b)} |")
     p = r.get("item3_pipeline")
-    rows += [] if p is None else ["", "| item | p50 ms | p99 ms | bare Celery round trip p50 / p99 ms | goal |", "|---|---|---|---|---|",
-             f"| 3. pipeline overhead ({p['succeeded']} jobs at {p['rate_per_second']}/s, upstream "
-             f"{p['upstream_latency_s']} s) | {p['overhead_p50_ms']} | {p['overhead_p99_ms']} | "
-             f"{p['celery_round_trip_p50_ms']} / {p['celery_round_trip_p99_ms']} | p50 ≤ {p['target_p50_ms']} |",
-             ""]
+    if p is not None:
+        stages = ", ".join(f"{name} {ms}" for name, ms in p.get("stages_p50_ms", {}).items())
+        rows += ["", "| item | p50 ms | p99 ms | bare Celery round trip p50 / p99 ms | goal | stages, p50 ms |",
+                 "|---|---|---|---|---|---|",
+                 f"| 3. pipeline overhead ({p['succeeded']} jobs at {p['rate_per_second']}/s, upstream "
+                 f"{p['upstream_latency_s']} s) | {p['overhead_p50_ms']} | {p['overhead_p99_ms']} | "
+                 f"{p['celery_round_trip_p50_ms']} / {p['celery_round_trip_p99_ms']} | p50 ≤ {p['target_p50_ms']} "
+                 f"| {stages} |", ""]
     k = r.get("item4_key_pool_saturation", {"status": "not run (--items)"})
     if "ratio" in k:
         rows.append(f"4. key-pool saturation (bench/keypool_saturation.py): {k['jobs']} jobs, {k['keys']} keys x "
