@@ -39,6 +39,8 @@ def test_generate_applies_the_contract_defaults(user):
     ({"prompt": "ok", "prompt_influence": 1.5}, "prompt_influence"),
     ({"prompt": "ok", "output_format": "flac"}, "output_format"),
     ({"prompt": "ok", "loop": "sometimes"}, "loop"),
+    ({"prompt": "ok", "loop": 1}, "loop"),
+    ({"prompt": "ok", "loop": "true"}, "loop"),
     ({"prompt": "ok", "voice": "x"}, "voice"),
     ({}, "prompt"),
 ])

@@ -59,13 +59,22 @@ class MessageSchema(Schema):
     message = fields.String()
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON `true` or `false` only: 0, 1, "yes" and the like are refused instead of guessed at."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class GenerateSchema(Schema):
     prompt = fields.String(required=True, validate=[validate.Length(min=1, max=1000), not_blank],
                            metadata={"example": "heavy wooden door slam, reverb tail"})
     duration_seconds = fields.Float(load_default=None, allow_none=True, validate=validate.Range(0.5, 30),
                                     metadata={"description": "0.5 to 30; null lets the model choose."})
     prompt_influence = fields.Float(load_default=0.3, validate=validate.Range(0, 1))
-    loop = fields.Boolean(load_default=False)
+    loop = StrictBoolean(load_default=False)
     output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav"]))
 
 
