@@ -113,19 +113,21 @@ class GenerationRunner:
                 if result is not None:
                     return result
                 continue
-            return self._store_and_finish(job, key, audio, self.clock(), extra)
+            # Written with the settle, after the upload: one durable commit per success (see below).
+            self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost,
+                                 audio.latency_ms)
+            return self._store_and_finish(job, key, audio, extra)
 
     # -- steps -----------------------------------------------------------------------------------
     def _claim(self, job_id: uuid.UUID) -> Job | None:
         """Take the job (queued, or running with an expired lease) and load it, in one statement.
 
         Not committed: the caller commits, together with the key lease when there is one. That commit
-        does not wait for the WAL flush (PostgreSQL `synchronous_commit = off`): if the database
-        crashed and lost it, the job would read queued again and be re-sent by the sweeper, and the
-        lease would be gone with it, so nothing durable depends on it. The final settle stays durable.
+        does not wait for the WAL flush (`_relax_durability`): if the database crashed and lost it, the
+        job would read queued again and be re-sent by the sweeper, and the lease would be gone with
+        it, so nothing durable depends on it. The final settle stays durable.
         """
-        if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+        self._relax_durability()
         now = self.clock()
         claimable = sa.or_(Job.status == JobStatus.QUEUED,
                            sa.and_(Job.status == JobStatus.RUNNING, Job.lease_until < now))
@@ -155,11 +157,13 @@ class GenerationRunner:
         key = self._try_acquire(job, tried)
         if key is not None:
             return key, None
+        created_at = job.created_at  # read now: after each commit below it would be reloaded
         self._mark_waiting(job)
         log.info("no upstream capacity, job waits", extra={**extra, "event": "job_waiting"})
         waited_since = time.monotonic()
+        # Each try commits, so no connection is held (idle in a transaction) while the thread waits.
         while time.monotonic() - waited_since < self.settings.capacity_wait_inline_seconds:
-            if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
+            if (self.clock() - created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
                 break
             self.wait_for_slot(self.settings.capacity_check_interval)
             key = self._try_acquire(job, set())
@@ -172,7 +176,7 @@ class GenerationRunner:
                 return None, RunResult.done()
             self.session.commit()
             return key, None
-        if (self.clock() - job.created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
+        if (self.clock() - created_at).total_seconds() >= self.settings.max_queue_wait_seconds:
             return None, self._fail(job, "upstream_unavailable",
                                     f"No upstream key could take this job within "
                                     f"{self.settings.max_queue_wait_seconds} seconds.", None)
@@ -189,8 +193,7 @@ class GenerationRunner:
             sa.update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
             .values(status=JobStatus.QUEUED, queue_reason=WAITING_FOR_CAPACITY, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False))
-        self.session.commit()
-        self.session.refresh(job)
+        self.session.commit()  # the job's attributes reload when next read (the re-claim loads them)
 
     @contextmanager
     def _heartbeat(self, job: Job, key: LeasedKey | None) -> Iterator[None]:
@@ -265,12 +268,14 @@ class GenerationRunner:
         from datetime import timezone
         return datetime.fromtimestamp(reset, timezone.utc) if isinstance(reset, (int, float)) else None
 
-    def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio, ended: datetime,
+    def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio,
                           extra: dict) -> RunResult:
-        """Upload, then record the attempt, free the slot and settle in one transaction.
+        """Upload, then record the attempt, free the key slot and settle in one durable transaction.
 
-        Nothing is written before the upload, so no transaction stays open across it; the slot stays
-        leased for the upload's few milliseconds and is freed by the same commit that settles the job.
+        Nothing is written before the upload, so no transaction stays open across it. The slot stays
+        leased through the upload and the settle: freeing it before the upload took a commit of its
+        own on every job's path (+5 ms to the bench's pipeline overhead) to gain about 4% in the
+        saturation bench, where slots are the bottleneck (bench/README.md).
         """
         object_key = storage_key_for(job, audio.extension)
         for attempt in range(1, self.settings.storage_tries + 1):
@@ -282,17 +287,19 @@ class GenerationRunner:
                                                            "try": attempt, "error": str(exc)[:200]})
                 if attempt == self.settings.storage_tries:
                     # The audio is lost with this delivery; a later one generates it again.
-                    self._record_success(job, key, audio, ended)
-                    return self._requeue(job, "retrying_after_storage_error", self._backoff(attempt, None))
+                    self._release(key)
+                    result = self._requeue(job, "retrying_after_storage_error", self._backoff(attempt, None))
+                    if key is not None:
+                        slot_freed.notify()
+                    return result
                 self.sleep(min(0.5 * attempt, 2.0))
         now = self.clock()
+        self._release(key)
         if not self._lock_unfinished(job, JobStatus.RUNNING):
-            self._record_success(job, key, audio, ended)
             self.session.commit()
             if key is not None:
                 slot_freed.notify()
             return RunResult.done(job.status.value)
-        self._record_success(job, key, audio, ended)
         if quota.settle(self.session, job, now):
             self.session.add(ApiUsage(
                 user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
@@ -314,16 +321,24 @@ class GenerationRunner:
                                          "size_bytes": len(audio.data), "attempts": job.attempts})
         return RunResult.done(JobStatus.SUCCEEDED.value)
 
-    def _record_success(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio, ended: datetime) -> None:
-        """The upstream call worked: its attempt row, and its key slot freed (the caller commits)."""
-        self._record_attempt(job, key, "succeeded", audio.http_status, None, audio.upstream_cost, audio.latency_ms,
-                             ended)
+    def _release(self, key: LeasedKey | None) -> None:
+        """The call worked: free its slot and end the key's failure streak (the caller commits)."""
         if key is not None:
             self.key_pool.release(key.lease_id)
             self.key_pool.report_success(key.id)
 
+    def _relax_durability(self) -> None:
+        """Let this transaction's commit skip the wait for the WAL flush (PostgreSQL).
+
+        For bookkeeping that recovers by itself if a database crash loses it (a claim, a lease taken or
+        freed); never for settling quota or finishing a job.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+
     def _lock_unfinished(self, job: Job, *statuses: JobStatus) -> bool:
         """Lock the job row and check it is still in one of `statuses` (a cancel may have won)."""
+        self.session.flush()  # a refresh would discard unwritten changes (an attempt just counted)
         self.session.refresh(job, with_for_update=self.session.get_bind().dialect.name == "postgresql")
         return job.status in statuses
 
@@ -358,10 +373,9 @@ class GenerationRunner:
         return RunResult.done(JobStatus.FAILED.value)
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
-                        upstream_code: str | None, cost: int | None, latency_ms: int | None,
-                        ended: datetime | None = None) -> None:
-        """`ended`: when the call returned (default: now); the attempt started `latency_ms` before."""
-        started = (ended or self.clock()) - timedelta(milliseconds=latency_ms or 0)
+                        upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
+        now = self.clock()
+        started = now - timedelta(milliseconds=latency_ms or 0)
         job.attempts += 1
         metrics.upstream_call(key and key.name, outcome, upstream_code or http_status, latency_ms)
         self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,

@@ -220,7 +220,7 @@ class KeyPool:
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
-        self.session.execute(sa.delete(KeyLease).where(KeyLease.id == lease_id))
+        release_lease(self.session.connection(), lease_id)
 
     # -- health ------------------------------------------------------------------------------------
     def report_success(self, key_id: uuid.UUID) -> None:
@@ -313,6 +313,11 @@ class KeyPool:
             sa.delete(KeyLease).where(KeyLease.expires_at < now - timedelta(minutes=10))
             .execution_options(synchronize_session=False)).rowcount
         return {"reenabled": reenabled, "daily_reset": reset, "leases_purged": purged}
+
+
+def release_lease(connection: sa.Connection, lease_id: uuid.UUID) -> None:
+    """Delete a call's lease: its slot is free (the caller commits)."""
+    connection.execute(sa.delete(KeyLease).where(KeyLease.id == lease_id))
 
 
 def renew_leases(connection: sa.Connection, now: datetime, key_lease_id: uuid.UUID | None, key_lease: timedelta,

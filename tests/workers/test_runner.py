@@ -283,7 +283,7 @@ def test_a_storage_outage_after_a_keyed_call_records_the_attempt_and_frees_the_s
     assert pool.loads() == {}  # the call is over: its slot is free although the job is not done
 
 
-def test_the_key_slot_is_held_until_the_audio_is_stored_then_freed_with_the_settle(
+def test_the_key_slot_is_held_through_the_upload_and_freed_with_the_settle(
         app, user, make_runner, pool, eleven, fake_upstream):
     pool.add("alpha", "key-alpha-0001")
     db.session.commit()
