@@ -274,8 +274,8 @@ class GenerationRunner:
 
         Nothing is written before the upload, so no transaction stays open across it. The slot stays
         leased through the upload and the settle: freeing it before the upload took a commit of its
-        own on every job's path (+5 ms to the bench's pipeline overhead) to gain about 4% in the
-        saturation bench, where slots are the bottleneck (bench/README.md).
+        own on every job's path, and measured slower in both the pipeline and the saturation bench
+        (bench/README.md).
         """
         object_key = storage_key_for(job, audio.extension)
         for attempt in range(1, self.settings.storage_tries + 1):
