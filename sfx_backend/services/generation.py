@@ -330,8 +330,8 @@ class GenerationRunner:
     def _relax_durability(self) -> None:
         """Let this transaction's commit skip the wait for the WAL flush (PostgreSQL).
 
-        For bookkeeping that recovers by itself if a database crash loses it (a claim, a lease taken or
-        freed); never for settling quota or finishing a job.
+        For bookkeeping that recovers by itself if a database crash loses it (a claim and the lease
+        taken with it); never for settling quota or finishing a job.
         """
         if self.session.get_bind().dialect.name == "postgresql":
             self.session.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
