@@ -1,8 +1,13 @@
 """Helpers shared by the blueprints."""
 from __future__ import annotations
 
+from flask import current_app, request
+from flask_jwt_extended import current_user
 from flask_smorest import Blueprint
 
+from ..extensions import db
+from ..runtime import runtime
+from ..services import quota
 from .schemas import ProblemSchema
 
 BEARER = [{"bearerAuth": []}]
@@ -16,3 +21,13 @@ def problem_responses(blp: Blueprint, *statuses: int):
                                   description="Problem details (RFC 9457) with a stable `code`.")(fn)
         return fn
     return decorate
+
+
+def caller_allowance() -> quota.Allowance:
+    """The authenticated caller's allowance now (its subscription's, else the trial's), looked up once
+    per request: the generate rate limit, the submit and the usage routes share it."""
+    cache = request.environ.setdefault("sfx.caller_allowance", {})
+    if current_user.id not in cache:
+        cache[current_user.id] = quota.allowance_for(db.session, current_user, runtime().clock(),
+                                                     current_app.config["TRIAL_GENERATION_LIMIT"])
+    return cache[current_user.id]

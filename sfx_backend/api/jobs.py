@@ -15,7 +15,7 @@ from ..models import Job, JobStatus
 from ..runtime import runtime
 from ..services.jobs import GenerationParams, JobService
 from . import limits
-from .common import BEARER, problem_responses
+from .common import BEARER, caller_allowance, problem_responses
 from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _submit(body: dict):
                               prompt_influence=body["prompt_influence"], loop=body["loop"],
                               output_format=body["output_format"])
     job, created = _service().submit(current_user, params, key.strip() if key else None,
-                                     getattr(g, "request_id", None))
+                                     getattr(g, "request_id", None), allowance=caller_allowance())
     # Serialised before the commit: afterwards every attribute would be reloaded from the database.
     body, job_id = serialize_job(job), str(job.id)
     status = 202 if created or not job.is_finished else 200

@@ -18,14 +18,13 @@ from __future__ import annotations
 from typing import Callable
 
 from flask import current_app, request
-from flask_jwt_extended import current_user, get_jwt_identity
+from flask_jwt_extended import get_jwt_identity
 from flask_limiter.util import get_remote_address
 
 from .. import plans
-from ..extensions import db, limiter
-from ..runtime import runtime
-from ..services import quota
+from ..extensions import limiter
 from ..services.users import normalize_email
+from .common import caller_allowance
 
 LOGIN_PER_IP = "20 per minute; 200 per hour"
 LOGIN_PER_EMAIL = "5 per minute; 30 per hour"
@@ -52,13 +51,8 @@ def _user() -> str:
 
 
 def caller_plan() -> plans.Plan:
-    """The plan of the authenticated caller (its current subscription, else the trial), once per request."""
-    cache = request.environ.setdefault("sfx.caller_plan", {})
-    if current_user.id not in cache:
-        catalogue = plans.catalogue(current_app.config)
-        sub = quota.current_subscription(db.session, current_user.id, runtime().clock())
-        cache[current_user.id] = catalogue[sub.plan_type.value] if sub is not None else catalogue.trial
-    return cache[current_user.id]
+    """The plan of the authenticated caller (its current subscription, else the trial)."""
+    return plans.catalogue(current_app.config)[caller_allowance().plan]
 
 
 def _plan_rate() -> str:

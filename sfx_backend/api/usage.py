@@ -9,16 +9,11 @@ from .. import plans
 from ..extensions import db
 from ..runtime import runtime
 from ..services import analytics, quota
-from .common import BEARER, problem_responses
+from .common import BEARER, caller_allowance, problem_responses
 from .schemas import (ExportQuerySchema, GenerationQuerySchema, PlanLimitsSchema, UsageCurrentSchema,
                       UsageHistorySchema)
 
 blp = Blueprint("usage", __name__, url_prefix="/usage", description="Quota and usage")
-
-
-def _allowance() -> quota.Allowance:
-    return quota.allowance_for(db.session, current_user, runtime().clock(),
-                               current_app.config["TRIAL_GENERATION_LIMIT"])
 
 
 def _span(query: dict) -> analytics.DateRange | None:
@@ -35,7 +30,7 @@ def _span(query: dict) -> analytics.DateRange | None:
 @problem_responses(blp, 401)
 def current():
     """This period's allowance: used (settled), reserved (in flight) and remaining."""
-    allowance = _allowance()
+    allowance = caller_allowance()
     row = quota.usage_row(db.session, current_user.id, allowance.period_key)
     used = row.generation_count if row else 0
     reserved = row.reserved_count if row else 0
@@ -59,7 +54,7 @@ def history(query):
     """Past periods and individual generations."""
     items, total = analytics.generations(db.session, current_user.id, query["page"], query["per_page"],
                                          _span(query), query["status"])
-    return {"periods": analytics.usage_periods(db.session, current_user.id, _allowance().period_key),
+    return {"periods": analytics.usage_periods(db.session, current_user.id, caller_allowance().period_key),
             "generations": {"items": items, "page": query["page"], "per_page": query["per_page"],
                             "total": total}}
 
@@ -71,7 +66,7 @@ def history(query):
 @problem_responses(blp, 401)
 def limits():
     """The caller's plan limits: generations a period, longest sound, requests a minute, jobs at once."""
-    allowance = _allowance()
+    allowance = caller_allowance()
     plan = plans.catalogue(current_app.config)[allowance.plan]
     return {"plan": plan.name, "monthly_limit": allowance.monthly_limit,
             # What the quota ledger applies now (see plans.py on overage).

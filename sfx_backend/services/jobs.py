@@ -60,19 +60,21 @@ class JobService:
         self.cap_jobs = cap_jobs
 
     def submit(self, user: User, params: GenerationParams, idempotency_key: str | None = None,
-               request_id: str | None = None) -> tuple[Job, bool]:
+               request_id: str | None = None, allowance: quota.Allowance | None = None) -> tuple[Job, bool]:
         """Reserve a unit and create a queued job; returns (job, created). Replays return the original.
 
         The job row goes in with `INSERT ... ON CONFLICT (user_id, idempotency_key) DO NOTHING`: a
         retry (or a concurrent duplicate) of a keyed request inserts nothing and answers with the
         original job, with no lookup before the insert and no savepoint around it. Checks that fail
-        after the insert raise, and the caller's rollback takes the row back out.
+        after the insert raise, and the caller's rollback takes the row back out. `allowance`: the
+        user's, if the caller has already looked it up for this request.
         """
         if user.status in (UserStatus.SUSPENDED, UserStatus.CANCELED):
             raise AccountSuspended(f"This account is {user.status.value}; generation is not available.")
         now = self.clock()
         fingerprint = params.fingerprint()
-        allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
+        if allowance is None:
+            allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
         values = {
             "id": uuid.uuid4(), "user_id": user.id, "status": JobStatus.QUEUED, "prompt": params.prompt,
             "duration_seconds": params.duration_seconds, "prompt_influence": params.prompt_influence,
