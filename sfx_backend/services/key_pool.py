@@ -79,6 +79,7 @@ def _today(now: datetime) -> Any:
 
 # -- the statements `acquire` runs, built once ---------------------------------------------------------
 _keys, _leases = ApiKey.__table__, KeyLease.__table__
+# A key's load: its live leases (`now` is a bound parameter).
 _live = (sa.select(_leases.c.api_key_id, sa.func.count().label("live"))
          .where(_leases.c.expires_at > sa.bindparam("now")).group_by(_leases.c.api_key_id).subquery("live"))
 _live_count = sa.func.coalesce(_live.c.live, 0)
@@ -171,19 +172,9 @@ class KeyPool:
 
     # -- scheduling ----------------------------------------------------------------------------------
     def loads(self, now: datetime | None = None) -> dict[uuid.UUID, int]:
-        """Calls in flight per key: its live leases."""
-        now = now or self.clock()
-        rows = self.session.execute(
-            sa.select(KeyLease.api_key_id, sa.func.count()).where(KeyLease.expires_at > now)
-            .group_by(KeyLease.api_key_id))
+        """Calls in flight per key: its live leases (the count `acquire` schedules by)."""
+        rows = self.session.execute(sa.select(_live.c.api_key_id, _live.c.live), {"now": now or self.clock()})
         return {key_id: count for key_id, count in rows}
-
-    def _usable(self, now: datetime):
-        cooled = sa.or_(ApiKey.cooldown_until.is_(None), ApiKey.cooldown_until <= now)
-        under_daily = sa.or_(ApiKey.daily_usage_date.is_(None), ApiKey.daily_usage_date < _today(now),
-                             ApiKey.daily_usage < ApiKey.daily_limit)
-        status_ok = sa.or_(ApiKey.status == ApiKeyStatus.ACTIVE, ApiKey.status == ApiKeyStatus.RATE_LIMITED)
-        return sa.and_(status_ok, cooled, under_daily)
 
     def acquire(self, job_id: uuid.UUID | None = None, holder: str | None = None,
                 exclude: Iterable[uuid.UUID] = ()) -> LeasedKey | None:
