@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -452,13 +452,11 @@ class Bench:
                 jobs = self.prepare_succeeded_jobs()
                 self.procs.stop(worker)
             if 1 in items:
-                if self.args.profile:
-                    self.profiler = self.start_profiler()
-                self.results["item1_submit"] = self.item1()
-                if self.args.profile:
-                    self.stop_profiler()
+                with self.profiling_api("item1"):
+                    self.results["item1_submit"] = self.item1()
             if 2 in items:
-                self.results["item2_poll"] = self.item2(jobs)
+                with self.profiling_api("item2"):
+                    self.results["item2_poll"] = self.item2(jobs)
             if 3 in items:
                 self.results["item3_pipeline"] = self.item3()
             if 4 in items and not self.args.skip_key_pool:
@@ -474,6 +472,18 @@ class Bench:
                 "results": self.results}
 
     # -- profiling (optional) --------------------------------------------------------------------------
+    @contextmanager
+    def profiling_api(self, label: str):
+        """With --profile, py-spy the gunicorn workers for the duration of the block."""
+        if not self.args.profile:
+            yield
+            return
+        self.profiler = self.start_profiler(label=label)
+        try:
+            yield
+        finally:
+            self.stop_profiler()
+
     def start_profiler(self, pids: list[str] | None = None, label: str = "api") -> list[subprocess.Popen]:
         """py-spy on the gunicorn workers, or on `pids`: raw collapsed stacks of the threads holding the GIL
         (where Python spends CPU; threads waiting on the database or on the GIL are left out)."""
@@ -554,7 +564,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--upstream-latency", type=float, default=1.0)
     ap.add_argument("--pipeline-jobs", type=int, default=100)
     ap.add_argument("--pipeline-rate", type=float, default=10.0, help="item 3 submissions per second")
-    ap.add_argument("--profile", action="store_true", help="py-spy the API during item 1")
+    ap.add_argument("--profile", action="store_true", help="py-spy the API during items 1 and 2, the worker during item 3")
     ap.add_argument("--skip-key-pool", action="store_true", help="leave out item 4")
     ap.add_argument("--items", type=int, nargs="+", choices=[1, 2, 3, 4], default=[1, 2, 3, 4],
                     help="run only these items (a partial run still writes its outputs)")
