@@ -5,7 +5,6 @@ import uuid
 
 from flask import current_app, g
 from flask_jwt_extended import current_user
-from flask_smorest import Blueprint
 
 from .. import plans
 from ..auth import admin_required
@@ -16,7 +15,7 @@ from ..runtime import runtime
 from ..services import analytics, audit
 from ..services.accounts import AccountService
 from ..services.users import UserService
-from .common import BEARER, problem_responses
+from .common import BEARER, Blueprint, problem_responses
 from .schemas import (AdminUserPageSchema, AdminUserQuerySchema, AdminUserSchema, AuditPageSchema,
                       AuditQuerySchema, DateRangeQuerySchema, RevenueSchema, UsageStatsSchema,
                       UserStatusUpdateSchema)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..errors import Conflict, NotFound, ValidationFailed
@@ -14,7 +13,7 @@ from ..runtime import runtime
 from ..services.key_stats import key_figures
 from ..auth import admin_required
 from ..workers_support import build_key_pool
-from .common import BEARER, problem_responses
+from .common import BEARER, Blueprint, problem_responses
 from .jobs import serialize_job
 from .schemas import JobSchema
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
 from ..auth import issue_tokens, revoke_current_session
 from ..extensions import db
@@ -11,7 +10,7 @@ from ..runtime import runtime
 from ..services import notifications
 from ..services.users import UserService
 from . import limits
-from .common import BEARER, problem_responses
+from .common import BEARER, Blueprint, problem_responses
 from .schemas import (AuthResultSchema, LoginSchema, MessageSchema, RegisterSchema, TokenPairSchema,
                       VerifySchema)
 

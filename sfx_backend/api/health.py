@@ -5,12 +5,12 @@ import logging
 
 import sqlalchemy as sa
 from flask import Response, current_app, g, json
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from ..errors import PROBLEM_JSON
 from ..extensions import db
 from ..runtime import runtime
+from .common import Blueprint
 from .schemas import HealthSchema, ProblemSchema
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hmac
 
 from flask import Response, current_app, request
-from flask_smorest import Blueprint
 
 from .. import metrics
 from ..errors import Forbidden, Unauthorized
-from .common import problem_responses
+from .common import Blueprint, problem_responses
 
 blp = Blueprint("metrics", __name__, description="Operations: Prometheus metrics")
 

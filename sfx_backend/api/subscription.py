@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import current_app
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from .. import plans
@@ -12,7 +11,7 @@ from ..extensions import db
 from ..plans import PAID_PLANS
 from ..runtime import runtime
 from ..services.billing import BillingService, BillingSettings
-from .common import BEARER, problem_responses
+from .common import BEARER, Blueprint, problem_responses
 
 blp = Blueprint("subscription", __name__, url_prefix="/subscription", description="Plans and Stripe billing")
 

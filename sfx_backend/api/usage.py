@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from flask import Response, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
 from .. import plans
 from ..extensions import db
 from ..runtime import runtime
 from ..services import analytics, quota
-from .common import BEARER, caller_allowance, problem_responses
+from .common import BEARER, Blueprint, caller_allowance, problem_responses
 from .schemas import (ExportQuerySchema, GenerationQuerySchema, PlanLimitsSchema, UsageCurrentSchema,
                       UsageHistorySchema)
 

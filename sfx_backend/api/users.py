@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
 from ..extensions import db
 from ..runtime import runtime
 from ..services.accounts import AccountService, StripeSettings
 from ..services.users import UserService
 from . import limits
-from .common import BEARER, problem_responses
+from .common import BEARER, Blueprint, problem_responses
 from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema
 
 blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's account")

@@ -5,7 +5,6 @@ import logging
 
 import stripe
 from flask import current_app, request
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ..errors import DomainError
@@ -14,7 +13,7 @@ from ..runtime import runtime
 from ..services.billing import BillingSettings
 from ..services.billing_events import HANDLED_EVENTS, BillingEvents
 from ..extensions import db
-from .common import problem_responses
+from .common import Blueprint, problem_responses
 
 log = logging.getLogger(__name__)
 
