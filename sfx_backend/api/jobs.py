@@ -4,18 +4,19 @@ from __future__ import annotations
 import logging
 import uuid
 
+import sqlalchemy as sa
 from flask import after_this_request, current_app, g, redirect, request
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
 from ..errors import NotFound, ValidationFailed
 from .. import plans
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
+from ..services import jobs
 from ..services.jobs import GenerationParams, JobService
 from . import limits
-from .common import BEARER, caller_allowance, problem_responses
+from .common import BEARER, Blueprint, caller_allowance, problem_responses
 from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ def _service() -> JobService:
                       cap_jobs=cfg["RATELIMIT_ENABLED"])
 
 
-def serialize_job(job: Job) -> dict:
-    """The contract's job object; `audio.url` is a fresh expiring URL on every read."""
+def serialize_job(job: Job | sa.Row) -> dict:
+    """The contract's job object (from a Job or a `services.jobs.read` row); `audio.url` is a fresh
+    expiring URL on every read."""
     audio = None
     if job.status == JobStatus.SUCCEEDED and job.storage_key:
         link = _download_url(job)
@@ -143,7 +145,7 @@ def list_jobs(query):
 @problem_responses(blp, 401, 404)
 def get_job(job_id: uuid.UUID):
     """One job (only its owner sees it)."""
-    return serialize_job(_service().get(current_user.id, job_id))
+    return serialize_job(jobs.read(db.session, current_user.id, job_id))
 
 
 @blp.route("/jobs/<uuid:job_id>/audio", methods=["GET"])

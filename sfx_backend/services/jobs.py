@@ -46,6 +46,28 @@ def _insert_job_statement(dialect: str) -> sa.Insert:
             .returning(jobs.c.id))
 
 
+# The columns a job's answer shows (`api.jobs.serialize_job`), for reading it without the ORM.
+_jobs = Job.__table__
+_SHOWN = ("id", "status", "prompt", "duration_seconds", "prompt_influence", "loop", "output_format", "provider",
+          "created_at", "started_at", "finished_at", "attempts", "queue_reason", "error_code", "error_message",
+          "storage_key", "content_type", "size_bytes")
+_OWNED_JOB = sa.select(*(_jobs.c[name] for name in _SHOWN)).where(
+    _jobs.c.id == sa.bindparam("id"), _jobs.c.user_id == sa.bindparam("user_id"))
+
+
+def read(session: Session, user_id: uuid.UUID, job_id: uuid.UUID) -> sa.Row:
+    """The caller's job as a read-only row with a Job's attribute names, for answering a poll.
+
+    The plugin polls a job every second or two, so this is the API's most frequent query: one
+    prebuilt statement, the owner check in its WHERE, no ORM identity map. Another user's job is
+    indistinguishable from a missing one.
+    """
+    row = session.connection().execute(_OWNED_JOB, {"id": job_id, "user_id": user_id}).first()
+    if row is None:
+        raise NotFound("No such job.")
+    return row
+
+
 class JobService:
     """The caller owns the transaction: it commits, and enqueues only after the commit."""
 
