@@ -8,13 +8,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import NoReturn
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
+import boto3
+import botocore.session
 import pytest
 import requests
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
+from sfx_backend.storage import s3 as s3_module
 from sfx_backend.storage.base import StorageError
+from sfx_backend.storage.local import MAX_TTL_SECONDS, attachment_disposition
 from sfx_backend.storage.s3 import S3Storage
 from tests.support.nanio_server import NanioServer, free_port, nanio, s3_storage  # noqa: F401
 
@@ -40,6 +45,7 @@ def test_nanio_rejects_requests_signed_with_a_wrong_secret(nanio: NanioServer) -
         forged.get(KEY)
     with pytest.raises(StorageError):
         forged.check()
+    assert requests.get(_presign(forged), timeout=5).status_code == 403
 
 
 def test_put_then_get_returns_the_same_bytes(s3_storage: S3Storage) -> None:
@@ -159,6 +165,216 @@ def test_presigned_url_names_the_public_host_and_still_downloads(nanio: NanioSer
     # Signed for the public host: replaying it against the internal host must not verify.
     internal = requests.get(url.replace(public, nanio.endpoint_url), timeout=5)
     assert internal.status_code == 403
+
+
+# Keys whose quoting differs between careless encoders: space vs "+", UTF-8, S3's own "~" and "/".
+ODD_KEYS = [
+    "audio/user 1/job 1.mp3",
+    "audio/a+b/c+d.mp3",
+    "audio/爆発/Explosión ☃.mp3",
+    "audio/deep/er/and/deeper/still/job.mp3",
+    "audio/~me/it's (1)&=;,$@!*[x].mp3",
+]
+
+
+def _query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def _on_server(url: str, nanio: NanioServer) -> str:
+    """The same URL (path and query untouched) sent to the nanio server."""
+    parts = urlsplit(url)
+    return urlunsplit(("http", f"{nanio.host}:{nanio.port}", parts.path, parts.query, ""))
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_presigned_url_downloads_odd_keys_and_is_refused_once_tampered(
+    s3_storage: S3Storage, key: str
+) -> None:
+    s3_storage.put(key, b"bytes of " + key.encode(), "audio/mpeg")
+    link = s3_storage.download_url(
+        key, filename="Explosión 01.mp3", content_type="audio/mpeg", ttl_seconds=60
+    )
+
+    response = requests.get(link.url, timeout=5)
+
+    assert response.status_code == 200
+    assert response.content == b"bytes of " + key.encode()
+    assert response.headers["Content-Type"] == "audio/mpeg"
+    # nanio stores but does not apply response-* overrides; they are signed (see the tamper tests).
+    query = _query(link.url)
+    assert query["response-content-type"] == "audio/mpeg"
+    assert query["response-content-disposition"] == attachment_disposition("Explosión 01.mp3")
+    signature = query["X-Amz-Signature"]
+    tampered = link.url.replace(signature, signature[::-1])
+    assert requests.get(tampered, timeout=5).status_code == 403
+
+
+def test_keys_differing_only_by_plus_or_space_get_their_own_bytes(s3_storage: S3Storage) -> None:
+    s3_storage.put("audio/a+b.mp3", b"plus", "audio/mpeg")
+    s3_storage.put("audio/a b.mp3", b"space", "audio/mpeg")
+
+    plus = requests.get(_presign(s3_storage, "audio/a+b.mp3"), timeout=5)
+    space = requests.get(_presign(s3_storage, "audio/a b.mp3"), timeout=5)
+
+    assert (plus.status_code, plus.content) == (200, b"plus")
+    assert (space.status_code, space.content) == (200, b"space")
+
+
+@pytest.mark.parametrize("ttl", [1, 3600, MAX_TTL_SECONDS])
+def test_expires_at_agrees_with_the_signed_expiry(s3_storage: S3Storage, ttl: int) -> None:
+    link = s3_storage.download_url(
+        KEY, filename="a.mp3", content_type="audio/mpeg", ttl_seconds=ttl
+    )
+
+    query = _query(link.url)
+    signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert query["X-Amz-Expires"] == str(ttl)
+    # Never later than the store's own expiry, and at most the one second a tick can cost.
+    server_expiry = signed_at + timedelta(seconds=ttl)
+    assert server_expiry - timedelta(seconds=1) <= link.expires_at <= server_expiry
+
+
+def test_presigned_url_for_an_unreachable_public_host_verifies_under_that_host(
+    nanio: NanioServer,
+) -> None:
+    public = "https://downloads.example.test"
+    storage = nanio.storage("unreachable-public-host", public_endpoint_url=public)
+    storage.ensure_bucket()
+    storage.put(KEY, AUDIO, "audio/mpeg")
+
+    url = _presign(storage)
+
+    assert url.startswith(public + "/unreachable-public-host/" + KEY + "?")
+    # What the public host (a proxy in front of the store, say) would forward.
+    as_public = requests.get(
+        _on_server(url, nanio), headers={"Host": "downloads.example.test"}, timeout=5
+    )
+    assert (as_public.status_code, as_public.content) == (200, AUDIO)
+    assert requests.get(_on_server(url, nanio), timeout=5).status_code == 403
+
+
+def test_session_token_is_signed_into_the_url(nanio: NanioServer) -> None:
+    token = "session/token+with=odd chars"
+    storage = nanio.storage("session-token-bucket", session_token=token)
+    storage.ensure_bucket()  # nanio ignores the token's value but it is part of the signature
+    storage.put(KEY, AUDIO, "audio/mpeg")
+
+    url = _presign(storage)
+
+    assert _query(url)["X-Amz-Security-Token"] == token
+    assert requests.get(url, timeout=5).status_code == 200
+    forged = url.replace(quote(token, safe=""), quote("another-token", safe=""))
+    assert forged != url
+    assert requests.get(forged, timeout=5).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"session_token": "tok/en+="},
+        {"public_endpoint_url": "https://cdn.example.test:8443"},
+        {"endpoint_url": "http://127.0.0.1:1/some/prefix", "region": "eu-west-3"},
+        {"endpoint_url": None, "region": "eu-west-3"},  # AWS itself, as botocore resolves it
+    ],
+    ids=["plain", "session-token", "public-host", "path-prefix", "aws"],
+)
+def test_presigned_url_is_the_one_boto3_would_sign(nanio: NanioServer, options: dict) -> None:
+    storage = nanio.storage("same-as-boto3", **options)
+    for key in [KEY, *ODD_KEYS]:
+        # Both sign with the current second: retry the rare pair that straddles a tick.
+        for _ in range(5):
+            ours = _presign(storage, key, ttl=123, filename="Explosión 01.mp3")
+            theirs = storage._presigner.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": "same-as-boto3",
+                    "Key": key,
+                    "ResponseContentType": "audio/mpeg",
+                    "ResponseContentDisposition": attachment_disposition("Explosión 01.mp3"),
+                },
+                ExpiresIn=123,
+            )
+            if _query(ours)["X-Amz-Date"] == _query(theirs)["X-Amz-Date"]:
+                break
+        assert ours == theirs
+
+
+def _use_default_chain(monkeypatch: pytest.MonkeyPatch, chain: object) -> None:
+    """Make S3Storage's process-wide session find its default credentials with `chain` only."""
+    session = botocore.session.get_session()
+    session.register_component("credential_provider", chain)
+    monkeypatch.setattr(s3_module, "_session", boto3.session.Session(botocore_session=session))
+
+
+class _NoCredentials:
+    """A default chain that finds nothing (no env, files, instance role...)."""
+
+    def load_credentials(self) -> None:
+        return None
+
+
+class _RotatingCredentials:
+    """A default chain whose credentials refresh on every use (as if always near expiry)."""
+
+    def __init__(self, access_key: str, secret_key: str) -> None:
+        self.current = (access_key, secret_key, "token-1")
+
+    def _metadata(self) -> dict[str, str]:
+        access_key, secret_key, token = self.current
+        # Inside botocore's 15-minute advisory window, outside the 10-minute mandatory one.
+        expiry = datetime.now(tz=UTC) + timedelta(minutes=12)
+        return {
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "token": token,
+            "expiry_time": expiry.isoformat(),
+        }
+
+    def load_credentials(self) -> RefreshableCredentials:
+        return RefreshableCredentials.create_from_metadata(
+            self._metadata(), refresh_using=self._metadata, method="test-rotating"
+        )
+
+
+def test_default_chain_credentials_are_taken_fresh_for_every_url(
+    nanio: NanioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = _RotatingCredentials(nanio.access_key, nanio.secret_key)
+    _use_default_chain(monkeypatch, provider)
+    storage = nanio.storage("default-chain-bucket", access_key_id=None, secret_access_key=None)
+    storage.ensure_bucket()
+    storage.put(KEY, AUDIO, "audio/mpeg")
+
+    first = _presign(storage)
+    provider.current = (nanio.access_key, nanio.secret_key, "token-2")
+    second = _presign(storage)
+    provider.current = (nanio.access_key, "a-secret-the-store-does-not-know", "token-3")
+    third = _presign(storage)
+
+    assert _query(first)["X-Amz-Security-Token"] == "token-1"
+    assert requests.get(first, timeout=5).status_code == 200
+    assert _query(second)["X-Amz-Security-Token"] == "token-2"
+    assert requests.get(second, timeout=5).status_code == 200
+    assert _query(third)["X-Amz-Security-Token"] == "token-3"
+    assert requests.get(third, timeout=5).status_code == 403
+
+
+def test_presigning_without_any_credentials_is_a_storage_error(
+    nanio: NanioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_default_chain(monkeypatch, _NoCredentials())
+    storage = nanio.storage("no-creds-bucket", access_key_id=None, secret_access_key=None)
+
+    with pytest.raises(StorageError, match="presign.*NoCredentialsError"):
+        _presign(storage)
+
+
+def test_presigning_an_empty_key_is_a_storage_error(s3_storage: S3Storage) -> None:
+    # Signed as is, it would be a URL listing the whole bucket.
+    with pytest.raises(StorageError, match="presign"):
+        _presign(s3_storage, key="")
 
 
 def test_check_passes_for_an_existing_bucket(s3_storage: S3Storage) -> None:
