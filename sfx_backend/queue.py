@@ -1,11 +1,7 @@
 """Celery wiring: one Celery app per Flask app, configured from the same settings."""
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import queue
-import threading
 from pathlib import Path
 
 from celery import Celery, Task
@@ -79,78 +75,8 @@ def make_celery(app: Flask) -> Celery:
 class CeleryJobQueue:
     """Sends jobs by task name, so the API never imports worker code."""
 
-    def __init__(self, celery: Celery, max_batch: int = 64) -> None:
+    def __init__(self, celery: Celery) -> None:
         self.celery = celery
-        self.max_batch = max_batch
-        self._pending: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._publisher: threading.Thread | None = None
-        self._publisher_pid: int | None = None
-        self._lock = threading.Lock()
 
     def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
-        """Publish now; raises if the broker cannot be reached (the sweeper's way: it must know)."""
         self.celery.send_task(GENERATE_TASK, args=[job_id], countdown=countdown)
-
-    def enqueue_generation_soon(self, job_id: str) -> None:
-        """Hand a committed job to this process's publisher thread and return at once.
-
-        The thread sends whatever has piled up in one Redis round trip (kombu's publish batch): one
-        message costs about 0.4 ms of CPU alone and 0.2 ms in a batch of four, and the request thread
-        never waits on the broker. A message lost here (broker down, process killed) leaves its job
-        queued in the database, and the sweeper re-sends it.
-        """
-        self._ensure_publisher()
-        self._pending.put(job_id)
-
-    def _ensure_publisher(self) -> None:
-        # Threads do not survive fork (gunicorn forks its workers after loading the app): each
-        # process starts its own publisher on first use.
-        if self._publisher is not None and self._publisher_pid == os.getpid() and self._publisher.is_alive():
-            return
-        with self._lock:
-            if self._publisher_pid != os.getpid() or self._publisher is None or not self._publisher.is_alive():
-                if self._publisher_pid != os.getpid():
-                    self._pending = queue.SimpleQueue()  # what the parent had pending is the parent's
-                self._publisher = threading.Thread(target=self._publish_forever, name="sfx-job-publisher",
-                                                   daemon=True)
-                self._publisher_pid = os.getpid()
-                self._publisher.start()
-                atexit.register(self._drain)
-
-    def _drain(self) -> None:
-        """At exit (a graceful stop), send what is still waiting rather than leave it to the sweeper."""
-        left = []
-        while True:
-            try:
-                left.append(self._pending.get_nowait())
-            except queue.Empty:
-                break
-        if left:
-            self.publish_batch(left)
-
-    def _publish_forever(self) -> None:
-        while True:
-            batch = [self._pending.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
-            self.publish_batch(batch)
-
-    def publish_batch(self, job_ids: list[str]) -> None:
-        """Send `job_ids` in one pipeline; if that fails, one by one with Celery's publish retries."""
-        try:
-            with self.celery.producer_or_acquire() as producer, producer.batch(max_size=len(job_ids)):
-                for job_id in job_ids:
-                    self.celery.send_task(GENERATE_TASK, args=[job_id], producer=producer)
-            return
-        except Exception:  # noqa: BLE001 - a batch's delivery is uncertain; a duplicate is harmless
-            log.warning("batch publish failed; sending one by one",
-                        extra={"event": "enqueue_batch_failed", "jobs": len(job_ids)}, exc_info=True)
-        for job_id in job_ids:
-            try:
-                self.enqueue_generation(job_id)
-            except Exception:  # noqa: BLE001 - the job row is safe; the sweeper re-sends it
-                log.exception("enqueue failed; the job waits for the sweeper",
-                              extra={"event": "enqueue_failed", "job_id": job_id})

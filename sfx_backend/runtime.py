@@ -17,11 +17,7 @@ from .storage.base import Storage
 
 
 class JobQueue(Protocol):
-    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
-        """Publish now (raises if the broker is unreachable)."""
-
-    def enqueue_generation_soon(self, job_id: str) -> None:
-        """Publish in the background, batched; a lost message is the sweeper's to re-send."""
+    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None: ...
 
 
 @dataclass

@@ -98,9 +98,6 @@ class RecordingQueue:
             raise ConnectionError("broker down")
         self.sent.append((job_id, countdown))
 
-    def enqueue_generation_soon(self, job_id: str) -> None:
-        self.enqueue_generation(job_id)
-
 
 class ClosingClient(FlaskClient):
     """A test client that closes each response as a WSGI server does, so work the app runs once the

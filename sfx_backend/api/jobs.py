@@ -86,8 +86,7 @@ def _submit(body: dict):
 
 
 def _enqueue_after_response(job_id: str) -> None:
-    """Once the response is out (the WSGI server calls the response's `close`), hand the job to the
-    process's publisher thread, which sends to the broker in batches.
+    """Publish once the response is out (the WSGI server calls the response's `close`).
 
     The job is committed before the 202 is sent, so the plugin never waits on the broker: if the
     process dies before the publish, or the broker is down, the job stays queued and the sweeper
@@ -97,7 +96,7 @@ def _enqueue_after_response(job_id: str) -> None:
 
     def publish() -> None:
         try:
-            queue.enqueue_generation_soon(job_id)
+            queue.enqueue_generation(job_id)
         except Exception:  # noqa: BLE001 - the job row is safe; the sweeper re-sends it
             log.exception("enqueue failed; the job waits for the sweeper",
                           extra={"event": "enqueue_failed", "job_id": job_id})
