@@ -224,8 +224,14 @@ class KeyPool:
                              .values(consecutive_failures=0))
 
     def report_failure(self, key_id: uuid.UUID, error: ProviderError, reset_at: datetime | None = None) -> None:
-        """Apply the health rule for this failure to the key (docs/key-pool.md has the table)."""
-        key = self.session.get(ApiKey, key_id, with_for_update=self._lock_rows())
+        """Apply the health rule for this failure to the key (docs/key-pool.md has the table).
+
+        The row is locked FOR NO KEY UPDATE, not FOR UPDATE: the caller's transaction has usually
+        inserted a job attempt that references the key, and that foreign key holds a KEY SHARE lock
+        on the row. Two calls failing on one key at once would each wait for the other's KEY SHARE
+        under FOR UPDATE (a deadlock); NO KEY UPDATE does not conflict with it, so they queue.
+        """
+        key = self.session.get(ApiKey, key_id, with_for_update={"key_share": True} if self._lock_rows() else None)
         if key is None:
             return
         now = self.clock()

@@ -175,6 +175,47 @@ def test_repeated_transient_failures_in_the_window_cool_the_key(app):
     assert pool.acquire() is not None  # the cooldown passed: back in rotation, never disabled
 
 
+def test_two_calls_failing_on_one_key_at_once_do_not_deadlock(app):
+    """Each runner's transaction first records its attempt (a foreign key to the key: a KEY SHARE
+    lock on its row), then applies the health rule to the key. Under FOR UPDATE the two waited for
+    each other and PostgreSQL killed one; the second must queue behind the first instead."""
+    key, = _keys(_pool(app), ("shared", 5))
+    jobs = [_job_id(app) for _ in range(2)]
+    db.session.commit()
+    engine = sa.create_engine(db.engine.url.render_as_string(hide_password=False), pool_size=2, max_overflow=0)
+    first, second = Session(engine), Session(engine)
+    try:
+        for session, job_id in ((first, jobs[0]), (second, jobs[1])):
+            session.execute(sa.text("SET lock_timeout = '5s'"))  # a lock conflict fails the test, never hangs it
+            session.add(JobAttempt(job_id=job_id, api_key_id=key.id, provider="elevenlabs",
+                                   started_at=utcnow(), outcome="transient", http_status=502))
+            session.flush()
+        failure = _error(FailureKind.TRANSIENT, None, 502)
+        _pool(app, first).report_failure(key.id, failure)  # gets the row although `second` holds KEY SHARE
+        outcome: list[BaseException | None] = []
+
+        def report_second() -> None:
+            try:
+                _pool(app, second).report_failure(key.id, failure)  # waits for `first` to commit
+                second.commit()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the assertion below shows it
+                outcome.append(exc)
+        waiter = threading.Thread(target=report_second)
+        waiter.start()
+        waiter.join(1.5)  # past PostgreSQL's deadlock_timeout (1 s): a deadlock would be reported by now
+        assert waiter.is_alive() and not outcome  # queued behind `first`, not killed
+        first.commit()
+        waiter.join(10)
+        assert outcome == [None]
+    finally:
+        first.close()
+        second.close()
+        engine.dispose()
+    db.session.expire_all()
+    assert db.session.get(ApiKey, key.id).consecutive_failures == 2  # both failures counted
+
+
 def _job_id(app):
     """A job row for attempts to hang on."""
     from sfx_backend.models import Job, User
