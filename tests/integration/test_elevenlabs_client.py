@@ -138,6 +138,30 @@ def test_concurrency_limit_answers_429_too_many_concurrent_requests(fake):
     assert fake.max_in_flight[KEY] > 2
 
 
+def test_concurrent_calls_of_one_client_keep_their_connections_alive(fake, caplog):
+    """A worker process shares one client between its threads: 15 calls in flight, twice over, must
+    reuse 15 connections (requests' default pool of 10 dropped and re-opened the rest each time)."""
+    fake.set_key(KEY, concurrency=20)
+    fake.latency = 0.3
+    callers = 15
+    with ElevenLabsClient(base_url=fake.url) as shared:
+        for _ in range(2):
+            barrier = threading.Barrier(callers)
+
+            def call() -> None:
+                barrier.wait()
+                shared.generate(SoundRequest("click", 0.5), KEY)
+            threads = [threading.Thread(target=call) for _ in range(callers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+    ports = [r.client_port for r in fake.requests if r.path.startswith("/v1/sound-generation")]
+    assert len(ports) == 2 * callers and fake.max_in_flight[KEY] == callers
+    assert len(set(ports)) == callers  # the second round reused every connection of the first
+    assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]
+
+
 def test_system_busy_429_is_upstream_busy_and_honours_retry_after_seconds(client, fake):
     fake.script(KEY, [("error", 429, "system_busy", {"Retry-After": "3"})])
     err = _fail(client)

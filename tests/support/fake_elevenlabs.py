@@ -57,6 +57,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     json: Any = None
+    client_port: int | None = None  # the caller's TCP port: one per connection, so reuse shows
 
 
 class FakeElevenLabs:
@@ -326,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = None
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
-        req = RecordedRequest(self.command, parts.path, query, headers, raw, parsed)
+        req = RecordedRequest(self.command, parts.path, query, headers, raw, parsed, self.client_address[1])
         if parts.path.startswith("/v1/"):
             self.fake._record(req)
         return req
