@@ -117,6 +117,8 @@ def main() -> None:
         "INSTANCE_PATH": str(workdir), "JWT_SECRET": "bench-secret-" + "x" * 32,
         "KEY_ENCRYPTION_KEY": "", "CELERY_BROKER_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"),
         "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}", "SFX_PROVIDER": "elevenlabs",
+        # Only this bench's keys: none inherited from the caller's environment (bench/run.py has its own).
+        "ELEVEN_LABS_API_KEYS": "",
         "TRIAL_GENERATION_LIMIT": str(args.jobs * 2), "LOG_LEVEL": "warning", "RATELIMIT_ENABLED": "false",
         # One connection per worker thread, plus the heartbeats' and the pool lock's.
         "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "5"), "DB_MAX_OVERFLOW": os.environ.get("BENCH_DB_MAX_OVERFLOW", "10"),
