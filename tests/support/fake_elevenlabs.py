@@ -308,6 +308,9 @@ def _is_number(value: Any) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API behind its load balancer
+    # TCP_NODELAY, as real HTTP servers set it: the headers and the body go out in two writes, and
+    # with Nagle's algorithm the body waited for the client's delayed ACK (~40 ms) now and then.
+    disable_nagle_algorithm = True
     server_version = "FakeElevenLabs/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
