@@ -74,6 +74,21 @@ def make_environ(database_url: str, instance: Path, encryption_key: str, **extra
 FAST_HASH = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024}
 
 
+@pytest.fixture
+def sqlite_app(tmp_path):
+    """The app on its embedded defaults (a SQLite file, migrated), inside an app context."""
+    from flask_migrate import upgrade
+
+    app = create_app(FAST_HASH, environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path),
+                                         "LOG_LEVEL": "warning", "CELERY_BROKER_URL": "memory://"})
+    with app.app_context():
+        upgrade()
+        assert db.engine.dialect.name == "sqlite"
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def _migrated(database_url, tmp_path_factory, encryption_key):
     from flask_migrate import upgrade

@@ -122,21 +122,11 @@ def test_the_reservation_rule_on_postgresql(app, user, rule, expected):
     assert _accepted(uuid.UUID(user.id), rule) == expected
 
 
-def test_the_reservation_rule_on_sqlite(tmp_path):
-    from flask_migrate import upgrade
-
-    from sfx_backend import create_app
-
-    app = create_app({"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024},
-                     environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), "LOG_LEVEL": "warning",
-                              "CELERY_BROKER_URL": "memory://"})
-    with app.app_context():
-        upgrade()
-        assert db.engine.dialect.name == "sqlite"
-        for rule, expected in RULES:
-            user = User(email=f"rule-{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
-            db.session.add(user)
-            db.session.flush()
-            assert _accepted(user.id, rule) == expected, rule
+def test_the_reservation_rule_on_sqlite(sqlite_app):
+    for rule, expected in RULES:
+        user = User(email=f"rule-{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
+        db.session.add(user)
+        db.session.flush()
+        assert _accepted(user.id, rule) == expected, rule
         db.session.remove()
         db.engine.dispose()

@@ -5,24 +5,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from flask_migrate import upgrade
 
-from sfx_backend import create_app, plans
+from sfx_backend import plans
 from sfx_backend.extensions import db
 from sfx_backend.models import ApiUsage, Job, JobStatus, PlanType, QuotaState, Subscription, User, utcnow
 from sfx_backend.services import analytics
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    app = create_app({"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 1024},
-                     environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), "LOG_LEVEL": "warning",
-                              "CELERY_BROKER_URL": "memory://"})
-    with app.app_context():
-        upgrade()
-        yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def test_percentiles_interpolate_like_postgresql():
