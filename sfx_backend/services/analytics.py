@@ -197,7 +197,7 @@ def admin_user_items(session: Session, catalogue: Catalogue, now: datetime,
     subs: dict[uuid.UUID, Subscription] = {}
     for sub in session.scalars(sa.select(Subscription).where(Subscription.user_id.in_(ids), _live_subscription(now))
                                .order_by(Subscription.current_period_start)):
-        subs[sub.user_id] = sub  # the latest live one wins, as in quota.current_subscription
+        subs[sub.user_id] = sub  # the latest live one wins, as in quota.allowance_for
     ledger = {(row.user_id, row.month): row for row in session.scalars(
         sa.select(MonthlyUsage).where(MonthlyUsage.user_id.in_(ids)))} if ids else {}
     items = []

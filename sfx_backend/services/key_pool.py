@@ -167,7 +167,8 @@ class KeyPool:
             key.encrypted_key = cipher.rotate(key.encrypted_key)
         return len(keys)
 
-    def secret_of(self, key: ApiKey) -> str:
+    def secret_of(self, key: ApiKey | sa.Row) -> str:
+        """The plaintext upstream key of a key (an ApiKey or a row with its `encrypted_key`)."""
         return self._require_cipher().decrypt(key.encrypted_key)
 
     # -- scheduling ----------------------------------------------------------------------------------
@@ -206,12 +207,12 @@ class KeyPool:
                                            "expires_at": now + self.lease})
         # Counts the call for the day (a new day starts at 1); a key whose cooldown has passed is active again.
         connection.execute(_COUNT_CALL, {"key_id": key.id, "now": now, "today": _today(now)})
-        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4,
-                         secret=self._require_cipher().decrypt(key.encrypted_key), lease_id=lease_id)
+        return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
+                         lease_id=lease_id)
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
-        release_lease(self.session.connection(), lease_id)
+        self.session.execute(sa.delete(KeyLease).where(KeyLease.id == lease_id))
 
     # -- health ------------------------------------------------------------------------------------
     def report_success(self, key_id: uuid.UUID) -> None:
@@ -310,11 +311,6 @@ class KeyPool:
             sa.delete(KeyLease).where(KeyLease.expires_at < now - timedelta(minutes=10))
             .execution_options(synchronize_session=False)).rowcount
         return {"reenabled": reenabled, "daily_reset": reset, "leases_purged": purged}
-
-
-def release_lease(connection: sa.Connection, lease_id: uuid.UUID) -> None:
-    """Delete a call's lease: its slot is free (the caller commits)."""
-    connection.execute(sa.delete(KeyLease).where(KeyLease.id == lease_id))
 
 
 def renew_leases(connection: sa.Connection, now: datetime, key_lease_id: uuid.UUID | None, key_lease: timedelta,

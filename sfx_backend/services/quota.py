@@ -54,7 +54,6 @@ _ENTITLED_NOW = sa.and_(
     _subscriptions.c.current_period_start <= sa.bindparam("now"),
     _subscriptions.c.current_period_end > sa.bindparam("now"))
 _NEWEST_FIRST = _subscriptions.c.current_period_start.desc()
-_CURRENT_SUBSCRIPTION = sa.select(Subscription).where(_ENTITLED_NOW).order_by(_NEWEST_FIRST).limit(1)
 # What an allowance needs, as plain columns (no ORM objects on the submit path).
 _CURRENT_TERMS = (
     sa.select(_subscriptions.c.plan_type, _subscriptions.c.status, _subscriptions.c.current_period_start,
@@ -65,11 +64,6 @@ _CURRENT_TERMS = (
                                           BillingCustomer.__table__.c.user_id == _subscriptions.c.user_id))
     .where(_ENTITLED_NOW).order_by(_NEWEST_FIRST).limit(1)
 )
-
-
-def current_subscription(session: Session, user_id: uuid.UUID, now: datetime) -> Subscription | None:
-    """The subscription whose allowance applies now, if any."""
-    return session.scalars(_CURRENT_SUBSCRIPTION, {"user_id": user_id, "now": now}).first()
 
 
 def allowance_for(session: Session, user: User, now: datetime, trial_limit: int) -> Allowance:
@@ -128,8 +122,8 @@ def reserve(session: Session, user_id: uuid.UUID, allowance: Allowance, now: dat
     """
     if allowance.blocked:
         raise QuotaExceeded(allowance.blocked)
+    capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
     if _admits(allowance, 0):
-        capped = allowance.overage_allowed and allowance.overage_cap_cents is not None
         reserved = session.connection().execute(_reserve_statement(session.get_bind().dialect.name), {
             "id": uuid.uuid4(), "user_id": user_id, "month": allowance.period_key, "now": now,
             "limit": allowance.monthly_limit, "uncapped": allowance.overage_allowed and not capped,
@@ -138,7 +132,7 @@ def reserve(session: Session, user_id: uuid.UUID, allowance: Allowance, now: dat
         }).first()
         if reserved is not None:
             return
-    if allowance.overage_allowed and allowance.overage_cap_cents is not None:
+    if capped:
         raise QuotaExceeded(
             f"All {allowance.monthly_limit} generations of this period ({allowance.plan}) are used, and "
             f"one more would take overage past your cap of {allowance.overage_cap_cents} cents; raise "
