@@ -92,3 +92,57 @@ def test_deploy_builds_then_migrates_then_rolls_api_before_workers():
 def test_scripts_are_executable():
     for name in ("migrate", "seed", "deploy.sh", "healthcheck.py"):
         assert os.access(ROOT / "scripts" / name, os.X_OK), name
+
+
+# --- the lock files: what CI tested is what a fresh clone and the image install --------------------------
+
+def _pins(path: Path) -> dict[tuple[str, str], str]:
+    """(name, environment marker) -> version, for each `name==version [; marker]` of a lock file."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for match in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\#\n]+?))?\s*\\?$",
+                             path.read_text(), re.M):
+        pins[(canonicalize_name(match[1]), (match[3] or "").strip())] = match[2]
+    return pins
+
+
+def test_every_declared_dependency_is_locked_within_its_range_and_hashed():
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(text) for text in project["dependencies"]]
+    declared += [Requirement(text) for extra in project["optional-dependencies"].values() for text in extra]
+    dev, runtime = _pins(ROOT / "requirements/dev.lock"), _pins(ROOT / "requirements/runtime.lock")
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        if name == "sfx-backend":
+            continue
+        versions = [version for (pinned, _), version in dev.items() if pinned == name]
+        assert versions, f"{name} is declared in pyproject.toml but not in requirements/dev.lock: run make lock"
+        for version in versions:
+            assert requirement.specifier.contains(version, prereleases=True), \
+                f"{name}=={version} in the lock is outside pyproject's {requirement.specifier}: run make lock"
+    for requirement in (Requirement(text) for text in project["dependencies"]):
+        assert any(pinned == canonicalize_name(requirement.name) for pinned, _ in runtime), requirement.name
+    # The image runs the versions the tests ran.
+    assert {pin: version for pin, version in runtime.items() if dev.get(pin) != version} == {}
+    for lock in ("dev.lock", "runtime.lock"):
+        text = (ROOT / "requirements" / lock).read_text()
+        pins = re.findall(r"^\S+==.*$", text, re.M)
+        hashed = re.findall(r"^\S+==.*\\\n\s+--hash=sha256:", text, re.M)
+        assert len(pins) > 20 and len(hashed) == len(pins), f"{lock}: a pin without hashes"
+
+
+def test_make_and_the_image_install_from_the_locks_with_hashes_checked():
+    makefile, dockerfile = (ROOT / "Makefile").read_text(), (ROOT / "Dockerfile").read_text()
+    assert "pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)" in makefile
+    assert "DEV_LOCK := requirements/dev.lock" in makefile
+    # The editable install adds the project only: no unpinned dependency or build backend sneaks in.
+    assert re.search(r"pip install --quiet --no-deps --no-build-isolation -e \.", makefile)
+    assert "pip install --require-hashes --no-deps -r runtime.lock" in dockerfile
+    assert "COPY requirements/runtime.lock" in dockerfile
+    for line in re.findall(r"pip install [^\n]*", makefile + dockerfile):
+        assert "--require-hashes --no-deps -r" in line or "--no-deps --no-build-isolation -e ." in line, line
