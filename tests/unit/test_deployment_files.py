@@ -94,6 +94,101 @@ def test_scripts_are_executable():
         assert os.access(ROOT / "scripts" / name, os.X_OK), name
 
 
+# --- .env.example: one file that bash, docker compose and the app all read the same way ----------------
+
+ENV_EXAMPLE = ROOT / ".env.example"
+_ASSIGNMENT = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<rest>.*)$")
+
+
+def _read_as_compose(text: str) -> dict[str, str]:
+    """An env file read by the rules docker compose documents (docs.docker.com/compose/env-file/,
+    "Syntax"): `#` lines and blank lines are ignored; `VAR="VAL"` and `VAR='VAL'` lose their quotes;
+    an unquoted value's inline comment must follow a space; a comment may follow a closing quote."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ASSIGNMENT.match(stripped)
+        assert match, f"line {number} is neither a comment nor VAR=VAL: {line!r}"
+        rest = match["rest"]
+        if rest[:1] in {'"', "'"}:
+            quote = rest[0]
+            end = rest.index(quote, 1)
+            value, after = rest[1:end], rest[end + 1:].strip()
+            assert not after or after.startswith("#"), f"line {number}: text after the closing quote"
+            assert "\\" not in value, f"line {number}: escapes read differently by bash and compose"
+        else:
+            value = re.split(r"\s#", rest, maxsplit=1)[0].strip()
+        # `$` is interpolated by both, by different rules: the example keeps none.
+        assert "$" not in value, f"line {number}: {match['key']} would be interpolated"
+        values[match["key"]] = value
+    return values
+
+
+def _read_as_bash(path: Path) -> dict[str, str]:
+    """What `set -a; . ./.env; set +a` (the header's instruction) exports, from an empty environment."""
+    script = 'set -a; . "$1" || exit 97; set +a; env -0'
+    done = subprocess.run(["bash", "-c", script, "_", str(path)], env={"PATH": os.defpath},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return dict(entry.split("=", 1) for entry in done.stdout.split("\0") if "=" in entry)
+
+
+def test_env_example_is_sourceable_by_bash_and_reads_as_compose_reads_it():
+    as_compose = _read_as_compose(ENV_EXAMPLE.read_text())
+    as_bash = _read_as_bash(ENV_EXAMPLE)
+    assert len(as_compose) > 50
+    differing = {key: (as_bash.get(key), value) for key, value in as_compose.items()
+                 if as_bash.get(key) != value}
+    assert not differing, f"bash and compose read these differently (bash, compose): {differing}"
+
+
+def test_env_example_lists_every_variable_the_configuration_reads():
+    import ast
+
+    tree = ast.parse((ROOT / "sfx_backend" / "config.py").read_text())
+    read: set[str] = set()
+
+    def names(*nodes: ast.AST) -> set[str]:
+        return {node.value for node in nodes if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+    for node in ast.walk(tree):  # env.get("X"), env["X"] and helpers called as _int(env, "X", ...)
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "env":
+            read |= names(node.slice)
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "env" and func.attr == "get":
+                read |= names(node.args[0])
+            elif any(getattr(arg, "id", None) == "env" for arg in node.args):
+                read |= names(*node.args)
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    assert len(read) > 60
+    assert read - listed == set(), "read by sfx_backend/config.py but missing from .env.example"
+
+
+def test_env_example_values_are_the_defaults_so_copying_it_changes_nothing():
+    from sfx_backend.config import load_config
+
+    defaults = load_config({})
+    for key, value in _read_as_compose(ENV_EXAMPLE.read_text()).items():
+        if value:
+            changed = {name for name, setting in load_config({key: value}).items() if setting != defaults.get(name)}
+            assert not changed, f"{key}={value} in .env.example is not the default: it changes {changed}"
+
+
+def test_compose_pins_every_image_to_a_published_tag(compose):
+    images = {name: service["image"] for name, service in compose["services"].items() if "image" in service}
+    for name, image in images.items():
+        if image.startswith("${SFX_IMAGE"):
+            continue  # the project's own image, built from the Dockerfile
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest", f"{name}: {image} floats"
+        # MinIO removed its images from Docker Hub (minio/minio, minio/mc); quay.io still serves them.
+        if "minio" in repository:
+            assert repository.startswith("quay.io/minio/"), f"{name}: {image} is no longer published there"
+
+
 # --- the lock files: what CI tested is what a fresh clone and the image install --------------------------
 
 def _pins(path: Path) -> dict[tuple[str, str], str]:
