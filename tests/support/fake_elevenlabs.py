@@ -83,16 +83,18 @@ NEWER_ERRORS: dict[str, tuple[int, dict[str, str]]] = {
     "invalid_parameters": (400, {"type": "validation_error", "code": "invalid_parameters",
                                  "status": "invalid_parameters", "param": "duration_seconds"}),
 }
-# Messages as the sources word them ([help], [errmsg], [n8n], [sdk] docstrings); others are generic.
+# Messages: [help] invalid_api_key and quota_exceeded, [n8n] detected_unusual_activity, [errmsg] system_busy's
+# cause; the concurrency wording as quoted from the API in rogeriochaves/bmo issue 5; the others are ours
+# (nothing reads a message to decide anything).
 MESSAGES = {
     "invalid_api_key": "Invalid API key",
-    "quota_exceeded": "This request exceeds your quota. You have insufficient quota to complete this request.",
+    "quota_exceeded": "You have insufficient quota to complete this request",
     "detected_unusual_activity": "Unusual activity detected. Free Tier usage disabled.",
     "too_many_concurrent_requests": "Too many concurrent requests.",
     "concurrent_limit_exceeded": "Too many concurrent requests.",
     "system_busy": "Our services are experiencing high levels of traffic and your request could not be processed.",
     "missing_permissions": "The API key you used is missing the permission to execute this operation.",
-    "output_format_not_allowed": "This output format requires a higher subscription tier.",
+    "output_format_not_allowed": "This output format needs a higher subscription tier.",
 }
 _LOOPBACK = ("127.0.0.1", "localhost")
 _GENERATION = "/v1/sound-generation"
