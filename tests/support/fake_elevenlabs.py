@@ -14,9 +14,10 @@ Every answer's shape comes from ElevenLabs' own material; each one names its sou
   [errmsg]   elevenlabs/elevenlabs-docs: fern/docs/pages/resources/error-messages.mdx (legacy 429 codes
              too_many_concurrent_requests and system_busy)
   [n8n]      n8n-io/n8n issue 17252 (a legacy detected_unusual_activity body a free-tier key received)
-  [recorded] shared/reference/elevenlabs.md, "Errors": bodies recorded from live responses (401
-             authentication_error with code unauthorized and the reason in status, 400 for a revoked key,
-             missing_permissions, the 403 tier gate on output_format)
+  [recorded] bodies the real API was seen to send, compared against the [errors] page and the [help]
+             articles and recorded publicly by third parties (401 authentication_error with code
+             unauthorized and the reason in status, 400 for a revoked key of the real key format,
+             missing_permissions, the 403 tier gate on output_format); docs/key-pool.md lists them
 
 In tests:  `with FakeElevenLabs(keys={"k1": 2}) as fake: ...fake.url...; fake.max_in_flight["k1"]`.
 Standalone (worker tests, benchmarks):
