@@ -139,8 +139,11 @@ def test_a_new_period_starts_the_allowance_again(app, client, user, fake_stripe,
     renewal = fake_stripe.renew(sub["id"])
     deliver(client, tasks, fake_stripe.event("invoice.paid", renewal))
     usage = user.get("/usage/current").get_json()
+    # The renewal invoice's own period_* is the period just billed; the new one is on its lines.
+    new_start = renewal["lines"]["data"][0]["period"]["start"]
+    assert renewal["period_start"] < new_start == renewal["period_end"]
     assert usage["period_start"].startswith(
-        __import__("datetime").datetime.fromtimestamp(renewal["period_start"], __import__("datetime").timezone.utc)
+        __import__("datetime").datetime.fromtimestamp(new_start, __import__("datetime").timezone.utc)
         .date().isoformat())
     assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 1000)
 
@@ -179,8 +182,8 @@ def test_a_subscription_event_that_overtakes_its_checkout_still_finds_the_user(a
 def test_a_downgrade_made_in_the_customer_portal_also_waits_for_the_next_period(app, client, user, fake_stripe,
                                                                                tasks):
     sub = subscribe(user, client, fake_stripe, tasks, plan="studio")
-    remote = fake_stripe.subscriptions[sub["id"]]
-    remote["items"]["data"][0]["price"] = {"id": "price_pro_monthly", "object": "price"}  # done in the portal
+    item = fake_stripe.subscriptions[sub["id"]]["items"]["data"][0]["id"]
+    remote = fake_stripe.update(sub["id"], {"items": [{"id": item, "price": "price_pro_monthly"}]})  # the portal
     deliver(client, tasks, fake_stripe.event("customer.subscription.updated", remote))
     current = user.get("/subscription/current").get_json()
     assert (current["plan"], current["monthly_limit"], current["scheduled_plan"]) == ("studio", 5000, "pro")
