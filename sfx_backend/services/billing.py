@@ -19,6 +19,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
@@ -111,9 +112,28 @@ def stripe_client(settings: BillingSettings, retries: int = 1) -> stripe.StripeC
                                http_client=stripe.RequestsClient(timeout=settings.timeout))
 
 
-def plain(obj: Any) -> dict:
-    """A StripeObject (or a dict already) as plain dicts and lists."""
-    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+def plain(obj: Any) -> Any:
+    """A library answer (a StripeObject) back in Stripe's wire format: dicts, lists and JSON scalars.
+
+    stripe-python >= 15 parses decimal strings (`unit_amount_decimal`, `amount_decimal`, ...) into
+    `Decimal`; they go back to the strings Stripe sent, so what we keep or log is always plain JSON.
+    """
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(key): plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(value) for value in obj]
+    if isinstance(obj, Decimal):
+        return str(obj)
+    return obj
+
+
+def stripe_id(value: Any) -> str | None:
+    """The id of an expandable field: Stripe sends an id string, or the object when it was expanded."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _ts(value: Any) -> datetime | None:
