@@ -3,14 +3,14 @@
 Stripe schedules a cancellation with `cancel_at_period_end` or with a `cancel_at` timestamp; the
 mirror keeps the instant either way.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
