@@ -34,7 +34,9 @@ def _sync_configured_keys(**_: object) -> None:
         try:
             created = build_key_pool().sync(flask_app.config["ELEVEN_LABS_API_KEYS"])
             db.session.commit()
-            log.info("upstream keys synced", extra={"event": "keys_synced", "created": len(created)})
         except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
             db.session.rollback()
             log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})
+            return
+    # not `created`: that is a LogRecord attribute, which `extra` may not overwrite
+    log.info("upstream keys synced", extra={"event": "keys_synced", "keys_created": len(created)})
