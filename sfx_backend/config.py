@@ -131,6 +131,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CELERY_BROKER_DIR": str(instance / "broker"),
         "CELERY_QUEUE": env.get("CELERY_QUEUE") or "sfx",
         "CELERY_VISIBILITY_TIMEOUT": _int(env, "CELERY_VISIBILITY_TIMEOUT", 3600),
+        # Threads a worker runs when its command gives no --concurrency (the threads pool, the default).
+        "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY", 32),
         # auth
         "JWT_SECRET_KEY": jwt_secret,
         "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
@@ -222,6 +224,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
         "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     }
+    if cfg["WORKER_CONCURRENCY"] < 1:
+        raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:
         raise ConfigError("STORAGE_BACKEND=s3 needs S3_BUCKET")
     return cfg
