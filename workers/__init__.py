@@ -4,6 +4,11 @@ import logging
 from celery.signals import worker_init, worker_process_init
 
 from sfx_backend import create_app
+from sfx_backend.config import prepare_worker_metrics
+from sfx_backend.metrics import use_multiprocess_values
+
+if prepare_worker_metrics():
+    use_multiprocess_values()  # before any series exists: see sfx_backend/metrics.py
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import types
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,10 +14,13 @@ from celery.bin.worker import worker as worker_command
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
+from prometheus_client import CollectorRegistry, Counter, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from sfx_backend import create_app
-from sfx_backend.config import ConfigError, load_config
+from sfx_backend.config import ConfigError, load_config, prepare_worker_metrics
 from sfx_backend.extensions import db
+from sfx_backend.metrics import use_multiprocess_values
 from sfx_backend.services import generation
 from sfx_backend.worker_process import DefaultThreadPool, UnsupportedPool, choose_pool, reset_after_fork
 
@@ -146,3 +150,31 @@ def test_a_forked_child_has_heartbeat_threads_and_holds_leases_under_its_own_nam
 
     assert holder.endswith(f":{beat_pid}") and beat_pid != os.getpid()
     assert generation.HOLDER.endswith(f":{os.getpid()}")
+
+
+def test_a_worker_serving_metrics_gets_a_multiprocess_directory_of_its_own(tmp_path, monkeypatch):
+    assert prepare_worker_metrics({}) is None  # no exporter: nothing to join up
+    assert prepare_worker_metrics({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == str(tmp_path)
+    exits = []
+    monkeypatch.setattr("atexit.register", exits.append)
+    env = {"WORKER_METRICS_PORT": "9808"}
+
+    path = prepare_worker_metrics(env)
+
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == path and Path(path).is_dir() and not os.listdir(path)
+    exits[0]()
+    assert not Path(path).exists()
+
+
+def test_figures_counted_in_forked_children_are_served_by_the_parent(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored after the test
+    use_multiprocess_values()
+    calls = Counter("sfx_test_calls", "Calls counted by pool children.", ["outcome"], registry=None)
+
+    for _ in range(2):
+        _in_child(lambda: calls.labels("succeeded").inc())
+
+    served = CollectorRegistry()
+    MultiProcessCollector(served, path=str(tmp_path))
+    assert served.get_sample_value("sfx_test_calls_total", {"outcome": "succeeded"}) == 2
