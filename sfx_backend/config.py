@@ -6,11 +6,14 @@ set the process environment before importing anything.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, MutableMapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
@@ -87,6 +90,31 @@ def _engine_options(env: Mapping[str, str]) -> dict[str, Any]:
     return options
 
 
+def prepare_worker_metrics(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """The prometheus_client multiprocess directory of a worker that serves metrics, or None.
+
+    Under the prefork pool the figures are counted in the pool's child processes and served by the
+    main one, and only multiprocess mode (a file per process in PROMETHEUS_MULTIPROC_DIR) joins them
+    up. A PROMETHEUS_MULTIPROC_DIR the operator set is used as it is; otherwise, when
+    WORKER_METRICS_PORT is set, a fresh directory of this worker's own is made and set in `environ`
+    (the pool's children inherit it), and removed when the worker exits.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        return env["PROMETHEUS_MULTIPROC_DIR"]
+    if _int(env, "WORKER_METRICS_PORT", 0) == 0:
+        return None
+    path = tempfile.mkdtemp(prefix="sfx-worker-metrics-")
+    env["PROMETHEUS_MULTIPROC_DIR"] = path
+    owner = os.getpid()
+
+    def _remove() -> None:
+        if os.getpid() == owner:  # a forked child that exits normally must not take the parent's files
+            shutil.rmtree(path, ignore_errors=True)
+    atexit.register(_remove)
+    return path
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Build the settings dict for `create_app` from an environment mapping (default: os.environ)."""
     env = dict(os.environ if environ is None else environ)
@@ -131,6 +159,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CELERY_BROKER_DIR": str(instance / "broker"),
         "CELERY_QUEUE": env.get("CELERY_QUEUE") or "sfx",
         "CELERY_VISIBILITY_TIMEOUT": _int(env, "CELERY_VISIBILITY_TIMEOUT", 3600),
+        # Threads a worker runs when its command gives no --concurrency (the threads pool, the default).
+        "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY", 32),
         # auth
         "JWT_SECRET_KEY": jwt_secret,
         "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
@@ -222,6 +252,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
         "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     }
+    if cfg["WORKER_CONCURRENCY"] < 1:
+        raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:
         raise ConfigError("STORAGE_BACKEND=s3 needs S3_BUCKET")
     return cfg

@@ -10,7 +10,9 @@ Two kinds of figures:
   by state, the oldest queued job, broker queue depth and the key pool. Every API process answers
   these the same, so they need no multiprocess bookkeeping.
 
-Workers serve their own event figures on `WORKER_METRICS_PORT` (`start_worker_exporter`); Flower's
+Workers serve their own event figures on `WORKER_METRICS_PORT` (`start_worker_exporter`), from
+the main process: under the prefork pool the children count and the main process serves, so a worker
+that serves metrics always runs in multiprocess mode (`use_multiprocess_values`). Flower's
 `/metrics` adds Celery's task-level figures. Upstream keys appear by name only, never the secret.
 """
 from __future__ import annotations
@@ -270,6 +272,20 @@ def render(app: Flask) -> bytes:
     state = CollectorRegistry(auto_describe=False)
     state.register(SnapshotCollector(snapshot(app)))
     return generate_latest(event_registry(app.config.get("PROMETHEUS_MULTIPROC_DIR"))) + generate_latest(state)
+
+
+def use_multiprocess_values() -> None:
+    """From now on, count this process's figures (and its forked children's) in PROMETHEUS_MULTIPROC_DIR.
+
+    prometheus_client chooses its kind of values as it is imported, by whether that variable is set,
+    and `celery` imports it (for its Flower command) before the worker's app loads: so the worker
+    sets the variable (config.prepare_worker_metrics), then calls this. The app's series are all
+    labelled, so none holds a value yet: each made afterwards writes to its own process's file.
+    """
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
 
 
 def start_worker_exporter(config: Mapping[str, Any]) -> int | None:

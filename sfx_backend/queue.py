@@ -7,6 +7,8 @@ from pathlib import Path
 from celery import Celery, Task
 from flask import Flask
 
+from .worker_process import DEFAULT_POOL
+
 log = logging.getLogger(__name__)
 
 GENERATE_TASK = "sfx.jobs.generate"
@@ -50,6 +52,9 @@ def make_celery(app: Flask) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Upstream calls are I/O-bound: threads by default; prefork and solo are safe too (worker_process.py).
+        worker_pool=DEFAULT_POOL,
+        worker_concurrency=cfg["WORKER_CONCURRENCY"],
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5,
                                    "interval_max": 1.0},

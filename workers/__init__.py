@@ -1,9 +1,14 @@
-"""The Celery app: `celery -A workers worker --pool threads --concurrency 32`."""
+"""The Celery app: `celery -A workers worker` (threads by default; any pool, see sfx_backend/worker_process.py)."""
 import logging
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from sfx_backend import create_app
+from sfx_backend.config import prepare_worker_metrics
+from sfx_backend.metrics import use_multiprocess_values
+
+if prepare_worker_metrics():
+    use_multiprocess_values()  # before any series exists: see sfx_backend/metrics.py
 
 log = logging.getLogger(__name__)
 
@@ -13,6 +18,14 @@ app = celery  # `celery -A workers` looks for `app` or `celery`
 
 from . import accounts, jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
 from . import billing  # noqa: E402,F401 - Stripe events and overage meter events
+
+
+# worker_init handlers run in the order they are connected: the pool is settled (or refused) first.
+@worker_init.connect
+def _choose_pool(sender: object, **_: object) -> None:
+    """Threads unless the command asked for another pool; a typed `--pool prefork` is honoured."""
+    from sfx_backend.worker_process import choose_pool
+    choose_pool(sender)
 
 
 @worker_init.connect
@@ -34,7 +47,16 @@ def _sync_configured_keys(**_: object) -> None:
         try:
             created = build_key_pool().sync(flask_app.config["ELEVEN_LABS_API_KEYS"])
             db.session.commit()
-            log.info("upstream keys synced", extra={"event": "keys_synced", "created": len(created)})
         except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
             db.session.rollback()
             log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})
+            return
+    # not `created`: that is a LogRecord attribute, which `extra` may not overwrite
+    log.info("upstream keys synced", extra={"event": "keys_synced", "keys_created": len(created)})
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: object) -> None:
+    """In each prefork child, before its first task: never use a connection the parent opened."""
+    from sfx_backend.worker_process import reset_after_fork
+    reset_after_fork(flask_app)

@@ -44,6 +44,18 @@ HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
 _heartbeats = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="lease")
 
 
+def _after_fork_in_child() -> None:
+    # A forked child (a prefork pool process) holds leases under its own name, and has none of its
+    # parent's threads: an executor copied from a parent whose loops had run counts those threads
+    # as idle, starts none, and the child's heartbeats would never beat.
+    global HOLDER, _heartbeats
+    HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
+    _heartbeats = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="lease")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @dataclass(frozen=True)
 class RunnerSettings:
     max_attempts: int = 5

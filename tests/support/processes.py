@@ -16,13 +16,17 @@ BIN = Path(sys.executable).parent
 def start_worker(env: dict[str, str], log_path: Path, concurrency: int = 4,
                  extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     """`celery -A workers worker` with the threads pool, logging to `log_path`."""
+    return start_celery_worker(env, log_path, "--pool", "threads", "--concurrency", str(concurrency),
+                               "--loglevel", "INFO", "--without-gossip", "--without-mingle", *extra_args)
+
+
+def start_celery_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """`celery -A workers worker ARGS` exactly as given (no pool or concurrency added), logging to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        [str(BIN / "celery"), "-A", "workers", "worker", "--pool", "threads", "--concurrency", str(concurrency),
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle", *extra_args],
-        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([str(BIN / "celery"), "-A", "workers", "worker", *args], cwd=REPO_ROOT,
+                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:
