@@ -57,7 +57,7 @@ api: $(STAMP) migrate
 	$(BIN)/gunicorn wsgi:app --bind 127.0.0.1:$${PORT:-3000} --workers 2 --threads 8
 
 worker: $(STAMP)
-	$(BIN)/celery -A workers worker --pool threads --concurrency 32 --loglevel INFO
+	$(BIN)/celery -A workers worker --loglevel INFO
 
 beat: $(STAMP)
 	$(BIN)/celery -A workers beat --loglevel INFO
