@@ -396,17 +396,28 @@ class GenerationRunner(SpooledUploads):
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
                         upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
-        now = self.clock()
-        started = now - timedelta(milliseconds=latency_ms or 0)
-        job.attempts += 1
         metrics.upstream_call(key and key.name, outcome, upstream_code or http_status, latency_ms)
-        self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,
-                                    provider=self.provider.name, started_at=started,
-                                    latency_ms=latency_ms, http_status=http_status,
+        self._count_attempt(job, key.id if key else None, outcome, latency_ms, http_status=http_status,
+                            upstream_code=upstream_code, cost=cost)
+
+    def _count_attempt(self, job: Job, key_id: uuid.UUID | None, outcome: str, latency_ms: int | None, *,
+                       http_status: int | None = None, upstream_code: str | None = None, cost: int | None = None,
+                       started_at: datetime | None = None) -> None:
+        """One of the job's attempts, in `jobs.attempts` and `job_attempts` (no metric: callers decide)."""
+        started = started_at or self.clock() - timedelta(milliseconds=latency_ms or 0)
+        job.attempts += 1
+        self.session.add(JobAttempt(job_id=job.id, api_key_id=key_id, provider=self.provider.name,
+                                    started_at=started, latency_ms=latency_ms, http_status=http_status,
                                     upstream_code=upstream_code, upstream_cost=cost, outcome=outcome))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
-        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempt - 1))
+    def _backoff(self, attempt: int, retry_after: float | None, base: float | None = None,
+                 cap: float | None = None) -> float:
+        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After.
+
+        `base` and `cap` default to the job retry settings (JOB_RETRY_BASE_SECONDS, JOB_RETRY_MAX_SECONDS).
+        """
+        base = self.settings.retry_base_seconds if base is None else base
+        cap = self.settings.retry_max_seconds if cap is None else cap
+        ceiling = min(cap, base * 2 ** (attempt - 1))
         delay = random.uniform(ceiling / 2, ceiling)
         return max(delay, retry_after or 0.0)

@@ -9,7 +9,6 @@ provides the session, the adapters and the helpers these steps use (`_upload`, `
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.orm import Session
 
-from ..models import ApiKey, Job, JobAttempt, JobStatus
+from ..models import ApiKey, Job, JobStatus
 from ..providers.base import GeneratedAudio, SoundProvider
 from ..storage.base import Storage, StorageError
 from ..storage.spool import AudioSpool, SpoolError
@@ -96,11 +95,8 @@ class SpooledUploads:
         if key_id is not None and self.session.get(ApiKey, key_id) is None:
             key_id = None  # deleted since: the attempt and usage rows must not point at it
         if job.attempts < int(meta.get("attempts") or 0):
-            job.attempts += 1
-            self.session.add(JobAttempt(job_id=job.id, api_key_id=key_id, provider=self.provider.name,
-                                        started_at=datetime.fromisoformat(meta["called_at"]),
-                                        latency_ms=audio.latency_ms, http_status=audio.http_status,
-                                        upstream_cost=audio.upstream_cost, outcome="succeeded"))
+            self._count_attempt(job, key_id, "succeeded", audio.latency_ms, http_status=audio.http_status,
+                                cost=audio.upstream_cost, started_at=datetime.fromisoformat(meta["called_at"]))
         lease_id = _uuid_or_none(meta.get("key_lease_id"))
         if lease_id is not None and self.key_pool is not None:
             self.key_pool.release(lease_id)  # the dead delivery's slot, in case it has not expired yet
@@ -132,7 +128,8 @@ class SpooledUploads:
                     slot_freed.notify()
                 from .generation import RunResult  # here, not at the top: generation imports this module
                 return RunResult.done(status)
-            self._record_storage_attempt(job, latency_ms)
+            # One of the job's attempts, but no upstream call: no key, no upstream metric.
+            self._count_attempt(job, None, STORAGE_FAILED, latency_ms)
             attempts = job.attempts
             self._release(key)
             self.session.commit()
@@ -145,7 +142,8 @@ class SpooledUploads:
             if attempts >= self.settings.max_attempts:
                 return self._fail_unstored(job, key_id, audio)
             with self._heartbeat(job, None):
-                self.sleep(self._storage_backoff(failures))
+                self.sleep(self._backoff(failures, None, self.settings.storage_retry_base_seconds,
+                                         self.settings.storage_retry_max_seconds))
                 started = time.monotonic()
                 try:
                     self.storage.put(object_key, audio.data, audio.content_type)
@@ -162,20 +160,6 @@ class SpooledUploads:
                             upstream_credits=audio.upstream_cost)
         self._discard_spool(job_id)  # the job is finished either way: nothing will read it again
         return result
-
-    def _record_storage_attempt(self, job: Job, latency_ms: int | None) -> None:
-        """Count a failed upload as one of the job's attempts (no key, no upstream metric: it called no upstream)."""
-        now = self.clock()
-        job.attempts += 1
-        self.session.add(JobAttempt(job_id=job.id, api_key_id=None, provider=self.provider.name,
-                                    started_at=now - timedelta(milliseconds=latency_ms or 0),
-                                    latency_ms=latency_ms, outcome=STORAGE_FAILED))
-
-    def _storage_backoff(self, failures: int) -> float:
-        """Exponential backoff with full jitter between upload tries."""
-        ceiling = min(self.settings.storage_retry_max_seconds,
-                      self.settings.storage_retry_base_seconds * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     def _discard_spool(self, job_id: uuid.UUID) -> None:
         if self.spool is not None:
