@@ -7,13 +7,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY sfx_backend ./sfx_backend
-COPY workers ./workers
-# Install the project to pull in exactly its dependencies, then drop the project itself: the runtime
-# stage runs it from /app, where migrations/ and wsgi.py sit next to the package (config.py finds
-# them relative to the package).
-RUN pip install . && pip uninstall -y sfx-backend
+# Exactly the packages CI tested, each checked against its hash (requirements/runtime.lock, refreshed
+# by `make lock`). The project itself is not installed: the runtime stage runs it from /app, where
+# migrations/ and wsgi.py sit next to the package (config.py finds them relative to the package).
+COPY requirements/runtime.lock ./
+RUN pip install --require-hashes --no-deps -r runtime.lock && pip check
 
 # --- runtime: no compilers, no root ----------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime

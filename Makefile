@@ -5,22 +5,38 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Every package, to the hash, comes from a lock file: a fresh clone installs exactly what CI tested.
+# requirements/dev.lock: the app, tests, linter and bench (make demo, make test, CI);
+# requirements/runtime.lock: the app alone (the Docker image). `make lock` refreshes both.
+DEV_LOCK := requirements/dev.lock
+RUNTIME_LOCK := requirements/runtime.lock
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--no-header --annotation-style line
 
-.PHONY: help install demo test test-fast services migrate api worker beat flower bench clean
+.PHONY: help install lock demo test test-fast services migrate api worker beat flower bench clean
 
 help:
 	@echo "make demo    - run the whole flow on embedded defaults (no servers needed), audio into ./out/"
 	@echo "make test    - the whole suite against PostgreSQL, Redis and a real S3 server"
 	@echo "make bench   - the performance bench (see bench/README.md)"
+	@echo "make lock    - re-resolve requirements/*.lock from pyproject.toml (UPGRADE=1: newest allowed)"
 	@echo "make api | worker | beat | flower | migrate - run one process with your .env"
 
-$(STAMP): pyproject.toml
+$(STAMP): $(DEV_LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	@# The project itself (editable, so `celery -A workers` and the tests import this tree), built
+	@# with the locked setuptools: no build dependency is fetched unpinned.
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolves pyproject.toml's ranges into exact, hashed pins. Keeps current pins where they still fit;
+# `make lock UPGRADE=1` takes the newest release each range allows. Then `make test` and commit both files.
+lock: $(STAMP)
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) --all-extras pyproject.toml requirements/build.in -o $(DEV_LOCK)
+	$(UV_COMPILE) --constraint $(DEV_LOCK) pyproject.toml -o $(RUNTIME_LOCK)
 
 demo: $(STAMP)
 	$(BIN)/python -m sfx_backend.demo
@@ -51,7 +67,6 @@ flower: $(STAMP)
 
 BENCH_ARGS ?=
 bench: $(STAMP) services
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -31,7 +31,7 @@ def maintain_key_pool() -> dict:
         sa.select(ApiKey).where(ApiKey.status != ApiKeyStatus.DISABLED,
                                 sa.or_(ApiKey.last_checked_at.is_(None), ApiKey.last_checked_at < due_before))
     ).all()
-    probed = 0
+    probed = unreadable = 0
     if due:
         with ElevenLabsClient(base_url=cfg["ELEVEN_LABS_BASE_URL"], connect_timeout=cfg["ELEVEN_LABS_CONNECT_TIMEOUT"],
                               read_timeout=cfg["ELEVEN_LABS_READ_TIMEOUT"]) as client:
@@ -39,6 +39,8 @@ def maintain_key_pool() -> dict:
                 pool.probe(key, client)
                 db.session.commit()  # one key's answer is kept even if a later probe fails
                 probed += 1
-    summary["probed"] = probed
+                # Kept in rotation with an unknown tier: its formats are learned from the tier gate.
+                unreadable += key.probe_error == "missing_permissions"
+    summary["probed"], summary["unreadable"] = probed, unreadable
     log.info("key pool maintained", extra={"event": "key_pool_maintained", **summary})
     return summary

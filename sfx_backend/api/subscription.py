@@ -41,7 +41,10 @@ class SubscriptionSchema(Schema):
     overage_cap_cents = fields.Integer(allow_none=True)
     current_period_start = fields.DateTime(allow_none=True)
     current_period_end = fields.DateTime(allow_none=True)
-    cancel_at_period_end = fields.Boolean()
+    cancel_at_period_end = fields.Boolean(metadata={
+        "description": "The subscription ends with the current period (it will not renew)."})
+    cancel_at = fields.DateTime(allow_none=True, metadata={
+        "description": "When a scheduled cancellation ends the subscription; null when none is scheduled."})
     scheduled_plan = fields.String(allow_none=True, metadata={
         "description": "A downgrade that takes effect when the next period starts."})
     grace_until = fields.DateTime(allow_none=True, metadata={

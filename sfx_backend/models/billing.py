@@ -43,6 +43,8 @@ class Subscription(db.Model):
     current_period_end: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     cancel_at_period_end: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False,
                                                        server_default=sa.false())
+    # When a scheduled cancellation ends the subscription (Stripe's `cancel_at`, or the period's end).
+    cancel_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # What billing decided for the current period (services/billing.py): the plan whose allowance
     # applies now may differ from the plan Stripe bills next (`scheduled_plan`: a downgrade waiting for
     # the next period); overage terms are copied from the plan catalogue; a failed payment's grace

@@ -40,7 +40,13 @@ class ApiKey(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
     credits_remaining: Mapped[int | None] = mapped_column(sa.Integer)
     credits_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    tier: Mapped[str | None] = mapped_column(sa.String(32))
+    tier: Mapped[str | None] = mapped_column(sa.String(32))  # upstream plan, from the last readable probe
+    # Upstream formats this key's tier gate refused (comma-separated), so it is not asked for them again.
+    # Learned from 403 output_format_not_allowed; forgotten when the probe sees the tier change.
+    refused_formats: Mapped[str | None] = mapped_column(sa.String(255))
+    # Why the last probe could not read the key's subscription (`missing_permissions`: no user_read, the
+    # key may still generate); None when it read it.
+    probe_error: Mapped[str | None] = mapped_column(sa.String(64))
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

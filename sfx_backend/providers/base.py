@@ -15,6 +15,9 @@ class SoundRequest:
     prompt_influence: float = 0.3
     loop: bool = False
     output_format: str = "mp3"  # "mp3" | "wav"
+    # The upstream's own format to ask for (`mp3_44100_192`, `pcm_44100`), chosen per key from what its
+    # tier allows; None lets the provider pick its default for `output_format`.
+    upstream_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,22 @@ class GeneratedAudio:
     upstream_request_id: str | None = None
     http_status: int | None = None
     latency_ms: int | None = None
+    upstream_format: str | None = None  # what was asked of the upstream, when it differs by key
 
 
 class FailureKind(str, Enum):
     """How the pipeline must react to an upstream failure (see docs/key-pool.md)."""
 
-    KEY_INVALID = "key_invalid"  # 401 invalid_api_key / detected_unusual_activity / missing_permissions: disable key
-    KEY_QUOTA = "key_quota"  # 401/402 quota_exceeded: park key until its credits reset
-    KEY_CONCURRENCY = "key_concurrency"  # 429 too_many_concurrent_requests: try another key now
-    UPSTREAM_BUSY = "upstream_busy"  # 429 system_busy / rate_limit_exceeded: back off
-    REJECTED = "rejected"  # 400/422: our request is wrong, fail the job, no retry
+    # authentication_error (any HTTP status), invalid_api_key, detected_unusual_activity: disable the key.
+    # missing_permissions too, on generation; the probe reads that code itself and keeps the key.
+    KEY_INVALID = "key_invalid"
+    KEY_QUOTA = "key_quota"  # quota_exceeded (either body shape), 402: park key until its credits reset
+    KEY_CONCURRENCY = "key_concurrency"  # 429 concurrent_limit_exceeded / too_many_concurrent_requests
+    UPSTREAM_BUSY = "upstream_busy"  # 429 rate_limit_exceeded / system_busy: back off
+    # 403 subscription_required / output_format_not_allowed: the key's tier may not use this output
+    # format. Not a key fault: ask the same key for a format its tier allows.
+    FORMAT_NOT_ALLOWED = "format_not_allowed"
+    REJECTED = "rejected"  # 422, 400 validation_error: our request is wrong, fail the job, no retry
     TRANSIENT = "transient"  # 5xx, timeouts, connection errors: retry with backoff
 
 

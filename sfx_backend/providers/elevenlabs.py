@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
@@ -12,15 +13,24 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from .audio import pcm16_to_wav, sample_rate_of
+from ..audio import DecodeError, decode_to_pcm16
+from .audio import parse_output_format, pcm16_to_wav, sample_rate_of
 from .base import FailureKind, GeneratedAudio, ProviderError, SoundRequest
+from .tiers import BASELINE_MP3, WAV_FALLBACKS, choose_format
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 DEFAULT_MODEL_ID = "eleven_text_to_sound_v2"
-MP3_FORMAT = "mp3_44100_128"
+MP3_FORMAT = BASELINE_MP3
 
-_QUOTA_CODES = {"quota_exceeded"}
-_CONCURRENCY_CODES = {"too_many_concurrent_requests", "concurrent_limit_exceeded"}
+# Reasons, as upstream spells them in `detail.code` or `detail.status` (docs/key-pool.md has the table).
+_QUOTA_CODES = frozenset({"quota_exceeded"})
+_DEAD_KEY_CODES = frozenset({"invalid_api_key", "detected_unusual_activity", "missing_permissions"})
+_FORMAT_GATE_CODES = frozenset({"output_format_not_allowed", "subscription_required"})
+_CONCURRENCY_CODES = frozenset({"too_many_concurrent_requests", "concurrent_limit_exceeded"})
+_VALIDATION_CODES = frozenset({"validation_error", "invalid_parameters"})
+# Codes that only name a class of error; the specific reason then sits in `status`
+# (`code: unauthorized, status: invalid_api_key`).
+_GENERIC_CODES = frozenset({"unauthorized", "forbidden", "subscription_required", "error"})
 # Statuses where trying the same request again later can work.
 _RETRYABLE_4XX = {408, 409, 425}
 # Anything shaped like an ElevenLabs key, in case an upstream message ever echoes one back.
@@ -85,19 +95,31 @@ class ElevenLabsClient:
     def __repr__(self) -> str:
         return f"ElevenLabsClient(base_url={self.base_url!r}, model_id={self.model_id!r})"
 
+    def choose_format(self, output_format: str, tier: str | None, refused: frozenset[str] = frozenset()
+                      ) -> str | None:
+        """The upstream format to ask a key of `tier` for, for a job stored as `output_format`.
+
+        WAV prefers the configured PCM format, then the best MP3 the tier allows (decoded to PCM here);
+        MP3 is always the baseline every tier may use. None when the key refused all of them."""
+        if output_format == "mp3":
+            preferences: tuple[str, ...] = (MP3_FORMAT,)
+        elif output_format == "wav":
+            preferences = tuple(dict.fromkeys((self.pcm_format, *WAV_FALLBACKS)))
+        else:
+            return None
+        return choose_format(preferences, tier, refused)
+
     def generate(self, request: SoundRequest, api_key: str | None = None) -> GeneratedAudio:
         """Generate one sound with `api_key`; returns the audio in the requested container."""
         if not api_key:
             # A programming error, not an upstream failure: no key to disable, nothing to retry.
             raise ValueError("ElevenLabsClient.generate needs an api_key")
-        if request.output_format == "mp3":
-            upstream_format = MP3_FORMAT
-        elif request.output_format == "wav":
-            upstream_format = self.pcm_format
-        else:
+        upstream_format = request.upstream_format or self.choose_format(request.output_format, None)
+        codec = _codec(upstream_format)
+        if (request.output_format, codec) not in (("mp3", "mp3"), ("wav", "pcm"), ("wav", "mp3")):
             raise ProviderError(
                 FailureKind.REJECTED,
-                f"unsupported output_format {request.output_format!r}",
+                f"cannot store {upstream_format!r} as output_format {request.output_format!r}",
                 upstream_code="unsupported_format",
             )
         body: dict[str, Any] = {
@@ -109,14 +131,18 @@ class ElevenLabsClient:
         if request.duration_seconds is not None:
             body["duration_seconds"] = request.duration_seconds
 
-        resp, latency_ms = self._call(
-            "POST",
-            "/v1/sound-generation",
-            api_key,
-            params={"output_format": upstream_format},
-            body=body,
-            read_timeout=self.read_timeout,
-        )
+        try:
+            resp, latency_ms = self._call(
+                "POST",
+                "/v1/sound-generation",
+                api_key,
+                params={"output_format": upstream_format},
+                body=body,
+                read_timeout=self.read_timeout,
+            )
+        except ProviderError as error:
+            error.extra["output_format"] = upstream_format  # what a tier gate refused
+            raise
         request_id = resp.headers.get("request-id") or resp.headers.get("x-trace-id")
         data = resp.content
         ctype = resp.headers.get("Content-Type", "")
@@ -126,6 +152,15 @@ class ElevenLabsClient:
         elif ctype.startswith(("application/json", "text/")):
             # A proxy or error page, not audio: storing it as .mp3 would hand users garbage.
             problem, code = f"upstream answered 200 with {ctype.split(';')[0]}", "not_audio"
+        elif request.output_format == "wav" and codec == "mp3":
+            try:
+                decoded = decode_to_pcm16(data)
+            except DecodeError as exc:
+                problem, code = f"upstream audio did not decode ({exc})", "undecodable_audio"
+            else:
+                data = pcm16_to_wav(decoded.pcm, decoded.sample_rate, decoded.channels)
+        elif request.output_format == "wav":
+            data = pcm16_to_wav(data, sample_rate_of(upstream_format))
         if problem:
             raise ProviderError(
                 FailureKind.TRANSIENT,
@@ -133,10 +168,9 @@ class ElevenLabsClient:
                 http_status=resp.status_code,
                 upstream_code=code,
                 latency_ms=latency_ms,
-                extra={"upstream_request_id": request_id},
+                extra={"upstream_request_id": request_id, "output_format": upstream_format},
             )
         if request.output_format == "wav":
-            data = pcm16_to_wav(data, self.pcm_sample_rate)
             content_type, extension = "audio/wav", "wav"
         else:
             content_type, extension = "audio/mpeg", "mp3"
@@ -148,6 +182,7 @@ class ElevenLabsClient:
             upstream_request_id=request_id,
             http_status=resp.status_code,
             latency_ms=latency_ms,
+            upstream_format=upstream_format,
         )
 
     def get_subscription(self, api_key: str) -> dict:
@@ -202,6 +237,14 @@ class ElevenLabsClient:
         )
 
 
+def _codec(fmt: str | None) -> str | None:
+    """`mp3` for `mp3_44100_128`, `pcm` for `pcm_44100`; None for nothing or a malformed name."""
+    try:
+        return parse_output_format(fmt or "")[0]
+    except ValueError:
+        return None
+
+
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -225,6 +268,30 @@ def _transport_error(
     )
 
 
+@dataclass(frozen=True)
+class UpstreamDetail:
+    """An error body's `detail`, whichever shape it came in (legacy, newer, FastAPI validation)."""
+
+    type: str | None = None
+    code: str | None = None
+    status: str | None = None
+    message: str = ""
+    param: str | None = None
+    request_id: str | None = None
+    validation: bool = False  # a FastAPI 422 list, or the newer validation_error
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        """Every reason the body gives: `code` and `status` together, never one alone."""
+        return frozenset(r for r in (self.code, self.status) if r)
+
+    @property
+    def reason(self) -> str | None:
+        """The most specific reason: `code` unless it only names a class and `status` says more."""
+        specific = [r for r in (self.code, self.status) if r and r not in _GENERIC_CODES]
+        return specific[0] if specific else (self.code or self.status)
+
+
 def classify_error(
     status: int,
     body: bytes | str | None,
@@ -233,65 +300,80 @@ def classify_error(
     api_key: str | None = None,
     latency_ms: int | None = None,
 ) -> ProviderError:
-    """Map a non-2xx upstream answer onto a FailureKind, per docs/elevenlabs reference table."""
+    """Map a non-2xx upstream answer onto a FailureKind (the table is in docs/key-pool.md)."""
     headers = CaseInsensitiveDict(headers or {})
-    code, message, extra = _parse_detail(body)
-    body_request_id = extra.pop("request_id", None)
-    request_id = headers.get("request-id") or headers.get("x-trace-id") or body_request_id
+    detail = parse_detail(body)
+    extra: dict[str, Any] = {k: v for k, v in (("type", detail.type), ("detail_code", detail.code),
+                                                ("detail_status", detail.status), ("param", detail.param))
+                             if v is not None}
+    request_id = headers.get("request-id") or headers.get("x-trace-id") or detail.request_id
     if request_id:
         extra["upstream_request_id"] = request_id
-
-    if status in (401, 402, 403) and code in _QUOTA_CODES:
-        kind = FailureKind.KEY_QUOTA
-    elif status in (401, 403):
-        # invalid_api_key, detected_unusual_activity, missing_permissions, and unknown codes
-        # alike: this key cannot be used as it is.
-        kind = FailureKind.KEY_INVALID
-    elif status == 402:
-        kind = FailureKind.KEY_QUOTA  # payment required: the key's account cannot pay for more
-    elif status == 429:
-        # An unknown 429 code is treated as load: backing off is the safe reading.
-        busy = code not in _CONCURRENCY_CODES
-        kind = FailureKind.UPSTREAM_BUSY if busy else FailureKind.KEY_CONCURRENCY
-    elif status >= 500 or status in _RETRYABLE_4XX:
-        kind = FailureKind.TRANSIENT
-    elif 300 <= status < 400:
-        kind = FailureKind.REJECTED  # redirects are not followed (key leak); base URL is wrong
-    elif 400 <= status < 500:
-        kind = FailureKind.REJECTED
-    else:
-        kind = FailureKind.TRANSIENT  # 1xx or nonsense: nothing says the request itself was bad
-
-    if not message:
-        message = f"upstream answered HTTP {status}"
+    message = detail.message or f"upstream answered HTTP {status}"
     extra = {k: _clean(v, api_key) if isinstance(v, str) else v for k, v in extra.items()}
     return ProviderError(
-        kind,
+        _kind_for(status, detail),
         _clean(message, api_key),
         http_status=status,
-        upstream_code=code,
+        upstream_code=detail.reason,
         retry_after=parse_retry_after(headers.get("Retry-After")),
         latency_ms=latency_ms,
         extra=extra,
     )
 
 
-def _parse_detail(body: bytes | str | None) -> tuple[str | None, str, dict]:
-    """(code, message, extra) from any of the error body shapes upstream uses."""
+def _kind_for(status: int, detail: UpstreamDetail) -> FailureKind:
+    """The reasons in the body decide first; the HTTP status only when the body names none we know."""
+    reasons = detail.reasons
+    if reasons & _QUOTA_CODES:
+        return FailureKind.KEY_QUOTA
+    if reasons & _DEAD_KEY_CODES or detail.type == "authentication_error":
+        # A revoked key of the real format answers 400 authentication_error: dead all the same.
+        return FailureKind.KEY_INVALID
+    if reasons & _FORMAT_GATE_CODES:
+        return FailureKind.FORMAT_NOT_ALLOWED
+    if status == 429:
+        # An unknown 429 reason is treated as load: backing off is the safe reading.
+        return FailureKind.KEY_CONCURRENCY if reasons & _CONCURRENCY_CODES else FailureKind.UPSTREAM_BUSY
+    if detail.validation:
+        return FailureKind.REJECTED
+    if status in (401, 403):
+        return FailureKind.KEY_INVALID  # unknown reasons alike: this key cannot be used as it is
+    if status == 402:
+        return FailureKind.KEY_QUOTA  # payment required: the key's account cannot pay for more
+    if status >= 500 or status in _RETRYABLE_4XX:
+        return FailureKind.TRANSIENT
+    if 300 <= status < 500:
+        return FailureKind.REJECTED  # redirects are not followed (key leak): the base URL is wrong
+    return FailureKind.TRANSIENT  # 1xx or nonsense: nothing says the request itself was bad
+
+
+def parse_detail(body: bytes | str | None) -> UpstreamDetail:
+    """The `detail` of any of the error body shapes upstream uses."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", errors="replace")
     text = (body or "").strip()
     try:
         payload = json.loads(text) if text else None
     except ValueError:
-        return None, f"non-JSON error body: {text[:200]}" if text else "", {}
+        return UpstreamDetail(message=f"non-JSON error body: {text[:200]}" if text else "")
     detail = payload.get("detail") if isinstance(payload, dict) else payload
     if isinstance(detail, dict):
-        code = detail.get("code") or detail.get("status")
-        extra = {k: detail[k] for k in ("type", "param", "request_id") if detail.get(k) is not None}
-        return (str(code) if code else None), str(detail.get("message") or ""), extra
+        def field(name: str) -> str | None:
+            value = detail.get(name)
+            return str(value).strip().lower() or None if isinstance(value, (str, int)) else None
+
+        kind = field("type")
+        code, status = field("code"), field("status")
+        request_id = detail.get("request_id")
+        return UpstreamDetail(
+            type=kind, code=code, status=status, message=str(detail.get("message") or ""),
+            param=str(detail["param"]) if detail.get("param") is not None else None,
+            request_id=str(request_id) if request_id else None,
+            validation=kind == "validation_error" or bool({code, status} & _VALIDATION_CODES),
+        )
     if isinstance(detail, list):
-        # FastAPI validation: [{"loc": [...], "msg": "...", "type": "..."}, ...]
+        # FastAPI validation: [{"type", "loc": [...], "msg", "input"}, ...]
         parts = []
         for item in detail[:5]:
             if isinstance(item, dict):
@@ -299,10 +381,10 @@ def _parse_detail(body: bytes | str | None) -> tuple[str | None, str, dict]:
                 parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
             else:
                 parts.append(str(item))
-        return "validation_error", "; ".join(parts), {}
+        return UpstreamDetail(code="validation_error", message="; ".join(parts), validation=True)
     if isinstance(detail, str):
-        return None, detail, {}
-    return None, text[:200], {}
+        return UpstreamDetail(message=detail)
+    return UpstreamDetail(message=text[:200])
 
 
 def _clean(message: str, api_key: str | None) -> str:

@@ -19,6 +19,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
@@ -111,9 +112,28 @@ def stripe_client(settings: BillingSettings, retries: int = 1) -> stripe.StripeC
                                http_client=stripe.RequestsClient(timeout=settings.timeout))
 
 
-def plain(obj: Any) -> dict:
-    """A StripeObject (or a dict already) as plain dicts and lists."""
-    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+def plain(obj: Any) -> Any:
+    """A library answer (a StripeObject) back in Stripe's wire format: dicts, lists and JSON scalars.
+
+    stripe-python >= 15 parses decimal strings (`unit_amount_decimal`, `amount_decimal`, ...) into
+    `Decimal`; they go back to the strings Stripe sent, so what we keep or log is always plain JSON.
+    """
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(key): plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(value) for value in obj]
+    if isinstance(obj, Decimal):
+        return str(obj)
+    return obj
+
+
+def stripe_id(value: Any) -> str | None:
+    """The id of an expandable field: Stripe sends an id string, or the object when it was expanded."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _ts(value: Any) -> datetime | None:
@@ -164,11 +184,13 @@ class BillingService:
             return {"plan": trial.name, "status": "none", "monthly_limit": trial.monthly_limit,
                     "overage_allowed": False, "overage_price_cents": 0, "overage_cap_cents": cap,
                     "current_period_start": None, "current_period_end": None, "cancel_at_period_end": False,
+                    "cancel_at": None,
                     "scheduled_plan": None, "grace_until": None, "user_status": user.status.value}
         return {"plan": sub.plan_type.value, "status": sub.status.value, "monthly_limit": sub.monthly_limit,
                 "overage_allowed": sub.overage_allowed, "overage_price_cents": sub.overage_price_cents,
                 "overage_cap_cents": cap, "current_period_start": sub.current_period_start,
                 "current_period_end": sub.current_period_end, "cancel_at_period_end": sub.cancel_at_period_end,
+                "cancel_at": sub.cancel_at,
                 "scheduled_plan": sub.scheduled_plan, "grace_until": sub.grace_until,
                 "user_status": user.status.value}
 
@@ -338,9 +360,7 @@ class BillingService:
             log.warning("subscription for an unknown price", extra={"event": "stripe_unknown_price",
                                                                      "sub": remote["id"]})
             return None
-        source = base or remote
-        start = _ts(source.get("current_period_start") or remote.get("current_period_start"))
-        end = _ts(source.get("current_period_end") or remote.get("current_period_end"))
+        start, end = _period(remote, base)
         status = _STATUS.get(remote.get("status", ""), SubscriptionStatus.INCOMPLETE)
         now = self.clock()
         if sub is None:
@@ -361,27 +381,29 @@ class BillingService:
         sub.overage_allowed = effective.overage_allowed
         sub.overage_price_cents = effective.overage_price_cents if effective.overage_allowed else 0
         sub.stripe_price_id = _price_id(base) if base else sub.stripe_price_id
-        sub.stripe_customer_id = remote.get("customer") or sub.stripe_customer_id
+        customer_id = stripe_id(remote.get("customer"))
+        sub.stripe_customer_id = customer_id or sub.stripe_customer_id
         sub.status = status
-        sub.cancel_at_period_end = bool(remote.get("cancel_at_period_end"))
         if start is not None:
             sub.current_period_start, sub.current_period_end = start, end or sub.current_period_end
+        sub.cancel_at, sub.cancel_at_period_end = _cancellation(remote, sub.current_period_end)
         if status == SubscriptionStatus.PAST_DUE:
             sub.past_due_since = sub.past_due_since or now
             sub.grace_until = sub.past_due_since + self.settings.grace
         else:
             sub.past_due_since = sub.grace_until = None
         sub.updated_at = now
-        self._link_customer(owner, remote.get("customer"))
+        self._link_customer(owner, customer_id)
         self._user_status(user, now)
         self.session.flush()
         return sub
 
     def _owner(self, remote: Mapping[str, Any]) -> uuid.UUID | None:
-        if not remote.get("customer"):
+        customer_id = stripe_id(remote.get("customer"))
+        if not customer_id:
             return None
         return self.session.scalar(sa.select(BillingCustomer.user_id).where(
-            BillingCustomer.stripe_customer_id == remote["customer"]))
+            BillingCustomer.stripe_customer_id == customer_id))
 
     def _user_status(self, user: User, now: datetime) -> None:
         """trial/canceled -> active while a subscription grants an allowance; active -> canceled when none does."""
@@ -397,6 +419,32 @@ class BillingService:
                 Subscription.user_id == user.id, Subscription.status == SubscriptionStatus.CANCELED)) or 0
             if ended:
                 user.status, user.updated_at = UserStatus.CANCELED, now
+
+
+def _period(remote: Mapping[str, Any], base: Mapping[str, Any] | None) -> tuple[datetime | None, datetime | None]:
+    """The current billing period. Since API 2025-03-31 it is on each subscription item, not on the
+    subscription: the plan's item says it, or without a known item the span of all items."""
+    items = [base] if base else ((remote.get("items") or {}).get("data") or [])
+    starts = [i["current_period_start"] for i in items if i.get("current_period_start")]
+    ends = [i["current_period_end"] for i in items if i.get("current_period_end")]
+    return (_ts(min(starts)) if starts else None), (_ts(max(ends)) if ends else None)
+
+
+def _cancellation(remote: Mapping[str, Any], period_end: datetime | None) -> tuple[datetime | None, bool]:
+    """(when the subscription is scheduled to end, whether it ends with the current period).
+
+    Stripe schedules a cancellation either with `cancel_at_period_end` or with a `cancel_at` timestamp
+    (also what `cancel_at=min_period_end` resolves to); either way the subscription does not renew past
+    `cancel_at`, so `cancel_at_period_end` is true whenever that falls within the current period.
+    """
+    if remote.get("status") == "canceled":
+        return None, bool(remote.get("cancel_at_period_end"))
+    cancel_at = _ts(remote.get("cancel_at"))
+    if remote.get("cancel_at_period_end"):
+        return cancel_at or period_end, True
+    if cancel_at is None:
+        return None, False
+    return cancel_at, period_end is not None and cancel_at <= period_end
 
 
 def _price_id(item: Mapping[str, Any] | None) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from ..models import StripeEvent, StripeEventStatus, SubscriptionStatus, User
 from ..queue import BILLING_APPLY_TASK
 from . import notifications
-from .billing import TRANSIENT, BillingService, RetryLater, _ts, _uuid, plain
+from .billing import TRANSIENT, BillingService, RetryLater, _ts, _uuid, plain, stripe_id
 from .dispatch import after_commit
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,11 @@ class BillingEvents(BillingService):
                 return ignored
             user_id = _uuid(obj.get("client_reference_id"))
             user = self.session.get(User, user_id) if user_id else None
-            if user is None or not obj.get("subscription"):
+            sub_id = stripe_id(obj.get("subscription"))
+            if user is None or not sub_id:
                 return ignored
-            self._link_customer(user.id, obj.get("customer"))
-            remote = plain(self.client.v1.subscriptions.retrieve(obj["subscription"]))
+            self._link_customer(user.id, stripe_id(obj.get("customer")))
+            remote = plain(self.client.v1.subscriptions.retrieve(sub_id))
             return applied if self.mirror(remote, user.id) is not None else ignored
         if kind.startswith("customer.subscription."):
             remote = self._refetch(obj.get("id"), fallback=obj)
@@ -134,7 +135,10 @@ class BillingEvents(BillingService):
 
 
 def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
-    """The invoice's subscription id: `parent.subscription_details` (API 2025-03-31 on) or `subscription`."""
+    """The invoice's subscription id, under `parent.subscription_details` since API 2025-03-31.
+
+    The top-level `subscription` is read too: an event is rendered at the webhook endpoint's API
+    version, which may be older than the library's (the refetch that follows is at the library's).
+    """
     details = ((invoice.get("parent") or {}).get("subscription_details") or {})
-    sub = details.get("subscription") or invoice.get("subscription")
-    return sub.get("id") if isinstance(sub, Mapping) else sub
+    return stripe_id(details.get("subscription")) or stripe_id(invoice.get("subscription"))

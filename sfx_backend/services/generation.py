@@ -34,7 +34,10 @@ from .spooled_upload import SpooledUploads, elapsed_ms
 
 log = logging.getLogger(__name__)
 
-KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY)
+# Failures that move the job to another key at once. A tier gate is one only when the key refused even the
+# baseline format (see `_generate`); otherwise the same key is asked again for a format its tier allows.
+KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY,
+                FailureKind.FORMAT_NOT_ALLOWED)
 WAITING_FOR_CAPACITY = "waiting_for_upstream_capacity"
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
 
@@ -115,8 +118,7 @@ class GenerationRunner(SpooledUploads):
             else:
                 self.session.commit()
             try:
-                with self._heartbeat(job, key):
-                    audio = self.provider.generate(self._request(job), api_key=key.secret if key else None)
+                audio = self._generate(job, key, extra)
             except ProviderError as error:
                 result = self._after_failure(job, key, error, tried, extra)
                 if result is not None:
@@ -232,11 +234,42 @@ class GenerationRunner(SpooledUploads):
             except FutureTimeout:
                 log.warning("lease renewal did not stop in time", extra={"job_id": str(job_id)})
 
-    @staticmethod
-    def _request(job: Job) -> SoundRequest:
+    def _generate(self, job: Job, key: LeasedKey | None, extra: dict) -> GeneratedAudio:
+        """One generation on `key`, in the upstream format its tier allows.
+
+        A tier gate (403 output_format_not_allowed) on a format is answered at once on the same key and
+        slot: the key remembers the refusal and is asked for the next format, neither disabled nor
+        cooled. The refused call is recorded as the attempt it was, and nothing more is charged.
+        """
+        refused = key.refused_formats if key is not None else frozenset()
+        while True:
+            request = self._request(job, key, refused)
+            try:
+                with self._heartbeat(job, key):
+                    return self.provider.generate(request, api_key=key.secret if key else None)
+            except ProviderError as error:
+                asked = request.upstream_format
+                if (error.kind != FailureKind.FORMAT_NOT_ALLOWED or key is None or asked is None
+                        or self._request(job, key, refused | {asked}).upstream_format is None):
+                    raise  # no format left to try: `_after_failure` takes it as this key's failure
+                self._record_attempt(job, key, error.kind.value, error.http_status, error.upstream_code, None,
+                                     error.latency_ms)
+                self.key_pool.refuse_format(key.id, asked)
+                self.session.commit()
+                refused |= {asked}
+                log.info("upstream tier refused the format, asking the same key for another",
+                         extra={**extra, "event": "upstream_format_refused", "key": key.name, "format": asked})
+
+    def _request(self, job: Job, key: LeasedKey | None = None,
+                 refused: frozenset[str] = frozenset()) -> SoundRequest:
+        """The request for this job on this key: the upstream format is the best the key's tier allows."""
+        upstream_format = None
+        choose = getattr(self.provider, "choose_format", None)
+        if key is not None and choose is not None:
+            upstream_format = choose(job.output_format.value, key.tier, refused)
         return SoundRequest(prompt=job.prompt, duration_seconds=job.duration_seconds,
                             prompt_influence=job.prompt_influence, loop=job.loop,
-                            output_format=job.output_format.value)
+                            output_format=job.output_format.value, upstream_format=upstream_format)
 
     def _after_failure(self, job: Job, key: LeasedKey | None, error: ProviderError,
                        tried: set[uuid.UUID], extra: dict) -> RunResult | None:

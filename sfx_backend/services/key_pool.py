@@ -35,7 +35,6 @@ QUOTA_COOLDOWN_FALLBACK = timedelta(hours=1)
 TRANSIENT_WINDOW = timedelta(seconds=60)
 TRANSIENT_THRESHOLD = 3  # this many transient failures inside the window cool the key
 TRANSIENT_COOLDOWN = timedelta(seconds=30)
-DISABLING_CODES = {"invalid_api_key", "detected_unusual_activity", "missing_permissions"}
 
 
 class SlotSignal:
@@ -68,9 +67,16 @@ class LeasedKey:
     last4: str
     secret: str
     lease_id: uuid.UUID
+    tier: str | None = None  # upstream plan as last probed; None when unknown
+    refused_formats: frozenset[str] = frozenset()  # formats its tier gate refused before
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"LeasedKey(name={self.name!r}, last4={self.last4!r})"
+
+
+def parse_formats(value: str | None) -> frozenset[str]:
+    """The stored comma-separated `refused_formats` as a set."""
+    return frozenset(f for f in (value or "").split(",") if f)
 
 
 def _today(now: datetime) -> Any:
@@ -86,7 +92,8 @@ _live_count = sa.func.coalesce(_live.c.live, 0)
 # Usable (active, or rate limited with its cooldown over; under its daily limit), with a free slot.
 _FREE_KEYS = (
     sa.select(_keys.c.id, _keys.c.key_name, _keys.c.last4, _keys.c.encrypted_key, _keys.c.max_concurrency,
-              _keys.c.last_used, _keys.c.created_at, _live_count.label("live"))
+              _keys.c.last_used, _keys.c.created_at, _keys.c.tier, _keys.c.refused_formats,
+              _live_count.label("live"))
     .select_from(_keys.outerjoin(_live, _live.c.api_key_id == _keys.c.id))
     .where(_keys.c.status.in_((ApiKeyStatus.ACTIVE, ApiKeyStatus.RATE_LIMITED)),
            sa.or_(_keys.c.cooldown_until.is_(None), _keys.c.cooldown_until <= sa.bindparam("now")),
@@ -208,7 +215,7 @@ class KeyPool:
         # Counts the call for the day (a new day starts at 1); a key whose cooldown has passed is active again.
         connection.execute(_COUNT_CALL, {"key_id": key.id, "now": now, "today": _today(now)})
         return LeasedKey(id=key.id, name=key.key_name, last4=key.last4, secret=self.secret_of(key),
-                         lease_id=lease_id)
+                         lease_id=lease_id, tier=key.tier, refused_formats=parse_formats(key.refused_formats))
 
     def release(self, lease_id: uuid.UUID) -> None:
         """Free the slot at once (the call is over)."""
@@ -232,13 +239,23 @@ class KeyPool:
         on the row. Two calls failing on one key at once would each wait for the other's KEY SHARE
         under FOR UPDATE (a deadlock); NO KEY UPDATE does not conflict with it, so they queue.
         """
-        key = self.session.get(ApiKey, key_id, with_for_update={"key_share": True} if self._lock_rows() else None)
+        key = self._locked(key_id)
         if key is None:
             return
         now = self.clock()
         code = error.upstream_code or str(error.http_status or error.kind.value)
-        if error.kind == FailureKind.KEY_INVALID:
+        if error.kind == FailureKind.KEY_INVALID and code == "missing_permissions":
+            # Answered by the generation endpoint itself: the key lacks sound_generation, so it is out of
+            # generation. (The probe keeps a key that only lacks user_read; see `probe`.)
+            self._set(key, ApiKeyStatus.DISABLED, "lacks the upstream permission to generate sound "
+                      "(missing_permissions)", None)
+        elif error.kind == FailureKind.KEY_INVALID:
             self._set(key, ApiKeyStatus.DISABLED, f"upstream answered {code}", None)
+        elif error.kind == FailureKind.FORMAT_NOT_ALLOWED:
+            # Reported only when the gate refused even the baseline every tier may use: its account cannot
+            # generate right now (a lapsed plan, say). Parked, never disabled: a format is not a key fault.
+            self._set(key, ApiKeyStatus.RATE_LIMITED, f"upstream refused every output format ({code})",
+                      now + QUOTA_COOLDOWN_FALLBACK)
         elif error.kind == FailureKind.KEY_QUOTA:
             until = reset_at if reset_at and reset_at > now else now + QUOTA_COOLDOWN_FALLBACK
             self._set(key, ApiKeyStatus.RATE_LIMITED, "upstream credits exhausted until their reset", until)
@@ -263,6 +280,20 @@ class KeyPool:
                           now + TRANSIENT_COOLDOWN)
         # REJECTED: our request was wrong, not the key.
 
+    def refuse_format(self, key_id: uuid.UUID, fmt: str) -> None:
+        """Remember that the key's tier may not use `fmt` (a 403 tier gate); its status is left alone."""
+        key = self._locked(key_id)
+        if key is None:
+            return
+        refused = parse_formats(key.refused_formats) | {fmt}
+        key.refused_formats = ",".join(sorted(refused))[:255]
+        log.info("upstream format refused for the key's tier",
+                 extra={"event": "key_format_refused", "key": key.key_name, "format": fmt, "tier": key.tier})
+
+    def _locked(self, key_id: uuid.UUID) -> ApiKey | None:
+        """The key row, locked FOR NO KEY UPDATE on PostgreSQL (see `report_failure` for why not FOR UPDATE)."""
+        return self.session.get(ApiKey, key_id, with_for_update={"key_share": True} if self._lock_rows() else None)
+
     def _set(self, key: ApiKey, status: ApiKeyStatus, reason: str, until: datetime | None) -> None:
         key.status, key.status_reason, key.cooldown_until = status, reason, until
         log.warning("upstream key status changed",
@@ -273,21 +304,29 @@ class KeyPool:
         return self.session.get_bind().dialect.name == "postgresql"
 
     def probe(self, key: ApiKey, client: Any) -> dict:
-        """Ask the upstream about the key (credits, validity) and apply what it says; returns a summary."""
+        """Ask the upstream about the key (tier, credits, validity) and apply what it says; returns a summary."""
         now = self.clock()
         key.last_checked_at = now
         try:
             info = client.get_subscription(self.secret_of(key))
         except ProviderError as error:
+            code = error.upstream_code or error.kind.value
+            key.probe_error = code[:64]
             if error.kind == FailureKind.KEY_INVALID and error.upstream_code == "missing_permissions":
-                # A key limited to some endpoints may refuse this probe and still generate.
+                # /v1/user/subscription needs user_read; a key without it may still generate, so this
+                # answer says nothing about generation. Kept as it is; its tier stays unknown.
                 return {"ok": True, "note": "subscription endpoint not permitted for this key"}
             if error.kind in (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA):
                 self.report_failure(key.id, error)
-            return {"ok": False, "error": error.upstream_code or error.kind.value}
+            return {"ok": False, "error": code}
+        key.probe_error = None
         limit, used = info.get("character_limit"), info.get("character_count")
         reset_unix = info.get("next_character_count_reset_unix")
-        key.tier = str(info.get("tier"))[:32] if info.get("tier") is not None else key.tier
+        tier = str(info["tier"])[:32] if info.get("tier") is not None else None
+        if tier is not None:
+            if key.tier is not None and tier != key.tier:
+                key.refused_formats = None  # what the old plan's gate refused says nothing about the new one
+            key.tier = tier
         key.credits_reset_at = datetime.fromtimestamp(reset_unix, timezone.utc) if reset_unix else None
         if isinstance(limit, int) and isinstance(used, int):
             key.credits_remaining = max(limit - used, 0)

@@ -47,7 +47,7 @@ def test_an_upgrade_applies_now_with_proration_and_swaps_the_metered_price(user,
     body = response.get_json()
     assert (body["plan"], body["monthly_limit"], body["scheduled_plan"]) == ("studio", 5000, None)
     remote = fake_stripe.subscriptions[sub["id"]]
-    assert remote["last_proration_behavior"] == "always_invoice"
+    assert fake_stripe.calls(f"/v1/subscriptions/{sub['id']}")[-1].form["proration_behavior"] == "always_invoice"
     assert sorted(i["price"]["id"] for i in remote["items"]["data"]) == ["price_studio_monthly",
                                                                           "price_studio_overage"]
     assert user.get("/usage/current").get_json()["monthly_limit"] == 5000
@@ -59,7 +59,7 @@ def test_a_downgrade_waits_for_the_next_period(user, client, fake_stripe, tasks)
     assert response.status_code == 200
     body = response.get_json()
     assert (body["plan"], body["monthly_limit"], body["scheduled_plan"]) == ("pro", 1000, "starter")
-    assert fake_stripe.subscriptions[sub["id"]]["last_proration_behavior"] == "none"
+    assert fake_stripe.calls(f"/v1/subscriptions/{sub['id']}")[-1].form["proration_behavior"] == "none"
     # Stripe's own update event (later, maybe twice) keeps the paid-for allowance too.
     deliver(client, tasks, fake_stripe.event("customer.subscription.updated", fake_stripe.subscriptions[sub["id"]]))
     assert user.get("/usage/current").get_json()["monthly_limit"] == 1000

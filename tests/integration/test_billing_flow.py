@@ -139,8 +139,11 @@ def test_a_new_period_starts_the_allowance_again(app, client, user, fake_stripe,
     renewal = fake_stripe.renew(sub["id"])
     deliver(client, tasks, fake_stripe.event("invoice.paid", renewal))
     usage = user.get("/usage/current").get_json()
+    # The renewal invoice's own period_* is the period just billed; the new one is on its lines.
+    new_start = renewal["lines"]["data"][0]["period"]["start"]
+    assert renewal["period_start"] < new_start == renewal["period_end"]
     assert usage["period_start"].startswith(
-        __import__("datetime").datetime.fromtimestamp(renewal["period_start"], __import__("datetime").timezone.utc)
+        __import__("datetime").datetime.fromtimestamp(new_start, __import__("datetime").timezone.utc)
         .date().isoformat())
     assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 1000)
 
@@ -179,8 +182,8 @@ def test_a_subscription_event_that_overtakes_its_checkout_still_finds_the_user(a
 def test_a_downgrade_made_in_the_customer_portal_also_waits_for_the_next_period(app, client, user, fake_stripe,
                                                                                tasks):
     sub = subscribe(user, client, fake_stripe, tasks, plan="studio")
-    remote = fake_stripe.subscriptions[sub["id"]]
-    remote["items"]["data"][0]["price"] = {"id": "price_pro_monthly", "object": "price"}  # done in the portal
+    item = fake_stripe.subscriptions[sub["id"]]["items"]["data"][0]["id"]
+    remote = fake_stripe.update(sub["id"], {"items": [{"id": item, "price": "price_pro_monthly"}]})  # the portal
     deliver(client, tasks, fake_stripe.event("customer.subscription.updated", remote))
     current = user.get("/subscription/current").get_json()
     assert (current["plan"], current["monthly_limit"], current["scheduled_plan"]) == ("studio", 5000, "pro")
@@ -194,3 +197,180 @@ def test_an_upgrade_from_a_plan_without_overage_adds_the_metered_price(app, clie
     assert response.status_code == 200 and response.get_json()["overage_allowed"] is True
     assert sorted(i["price"]["id"] for i in fake_stripe.subscriptions[sub["id"]]["items"]["data"]) == \
         ["price_pro_monthly", "price_pro_overage"]
+
+
+def _at(ts):
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _iso(value):
+    from datetime import datetime
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Webhooks:
+    """Posts events signed as Stripe signs them and runs the apply task on what was stored."""
+
+    def __init__(self, client, tasks):
+        self.client, self.tasks, self.answers = client, tasks, []
+
+    def send(self, *events):
+        for event in events:
+            response = post_event(self.client, event)
+            self.answers.append((event["type"], response.status_code))
+            assert response.status_code == 200, (event["type"], response.get_data(as_text=True)[:300])
+            assert response.get_json()["duplicate"] is False
+        return apply_pending(self.tasks)
+
+
+def _state(user):
+    current = user.get("/subscription/current").get_json()
+    usage = user.get("/usage/current").get_json()
+    return current, usage
+
+
+def test_the_whole_life_of_a_subscription_through_signed_webhooks(app, client, user, fake_stripe, tasks):
+    import stripe
+
+    hooks = Webhooks(client, tasks)
+    created = user.post("/subscription/create", json={"plan": "pro", "success_url": "http://localhost/ok",
+                                                      "cancel_url": "http://localhost/no"}).get_json()
+    session, sub, first_invoice = fake_stripe.complete_checkout(created["session_id"])
+    sub_id = sub["id"]
+    base, metered = (i["id"] for i in sub["items"]["data"])
+    first = sub["items"]["data"][0]
+
+    # 1. checkout.session.completed: the customer is linked and the subscription mirrored (refetched).
+    assert hooks.send(fake_stripe.event("checkout.session.completed", session)) == ["applied"]
+    current, usage = _state(user)
+    assert (current["plan"], current["status"], current["monthly_limit"]) == ("pro", "active", 1000)
+    assert _iso(current["current_period_start"]) == _at(first["current_period_start"])
+    assert _iso(current["current_period_end"]) == _at(first["current_period_end"])
+    assert (current["cancel_at_period_end"], current["cancel_at"]) == (False, None)
+    assert current["user_status"] == "active"
+    assert (usage["plan"], usage["remaining"], usage["overage_allowed"]) == ("pro", 1000, True)
+
+    # 2. customer.subscription.created and the first invoice.paid change nothing more.
+    assert hooks.send(fake_stripe.event("customer.subscription.created", sub),
+                      fake_stripe.event("invoice.paid", first_invoice)) == ["applied", "applied"]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+    assert user.generate().status_code == 202
+    assert _state(user)[1]["reserved"] == 1
+
+    # 3. Renewal paid: the period moves on and the allowance starts again.
+    renewal = fake_stripe.renew(sub_id)
+    assert renewal["period_start"] == first["current_period_start"]  # the period just billed
+    assert hooks.send(fake_stripe.event("invoice.paid", renewal)) == ["applied"]
+    period = fake_stripe.subscriptions[sub_id]["items"]["data"][0]
+    current, usage = _state(user)
+    assert _iso(current["current_period_start"]) == _at(period["current_period_start"])
+    assert period["current_period_start"] > first["current_period_start"]
+    assert _iso(current["current_period_end"]) == _at(period["current_period_end"])
+    assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 1000)
+    assert current["status"] == "active"
+
+    # 4. The next renewal's payment fails: past due, generation goes on through the grace period.
+    failed = fake_stripe.renew(sub_id, paid=False)
+    assert hooks.send(fake_stripe.event("invoice.payment_failed", failed)) == ["applied"]
+    current, usage = _state(user)
+    row = _subscription(user.id)
+    assert current["status"] == "past_due" and current["user_status"] == "active"
+    assert row.grace_until == row.past_due_since + timedelta(days=7)
+    assert _iso(current["grace_until"]) == row.grace_until
+    assert _iso(current["current_period_start"]) == _at(failed["lines"]["data"][0]["period"]["start"])
+    assert usage["remaining"] == 1000 and user.generate().status_code == 202
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Notification).where(
+        Notification.kind == "payment_failed")) == 1
+
+    # 5. Recovered: the retried payment succeeds.
+    recovered = fake_stripe.pay_open_invoice(sub_id)
+    assert hooks.send(fake_stripe.event("invoice.paid", recovered)) == ["applied"]
+    current, _ = _state(user)
+    assert (current["status"], current["grace_until"]) == ("active", None)
+    assert _subscription(user.id).past_due_since is None
+
+    # 6. Upgrade made in the portal: customer.subscription.updated carries the new prices.
+    upgraded = fake_stripe.update(sub_id, {"items": [{"id": base, "price": "price_studio_monthly"},
+                                                     {"id": metered, "price": "price_studio_overage"}],
+                                           "proration_behavior": "always_invoice"})
+    assert hooks.send(fake_stripe.event("customer.subscription.updated", upgraded,
+                                        previous_attributes={"items": sub["items"]})) == ["applied"]
+    current, usage = _state(user)
+    assert (current["plan"], current["monthly_limit"], current["scheduled_plan"]) == ("studio", 5000, None)
+    assert (current["overage_price_cents"], usage["monthly_limit"]) == (3, 5000)
+
+    # 7. Cancel at period end through our API, then the customer changes their mind in the portal.
+    assert user.post("/subscription/cancel").get_json()["cancel_at_period_end"] is True
+    scheduled = fake_stripe.subscriptions[sub_id]
+    assert hooks.send(fake_stripe.event("customer.subscription.updated", scheduled)) == ["applied"]
+    current, _ = _state(user)
+    assert current["cancel_at_period_end"] is True and current["cancel_at"] == current["current_period_end"]
+    assert current["plan"] == "studio" and user.generate().status_code == 202
+    kept = fake_stripe.update(sub_id, {"cancel_at_period_end": "false"})
+    assert hooks.send(fake_stripe.event("customer.subscription.updated", kept)) == ["applied"]
+    assert _state(user)[0]["cancel_at_period_end"] is False and _state(user)[0]["cancel_at"] is None
+
+    # 8. Cancellation scheduled with cancel_at (cancel_at_period_end stays false at Stripe).
+    at_end = fake_stripe.update(sub_id, {"cancel_at": "min_period_end"})
+    assert at_end["cancel_at_period_end"] is False
+    assert at_end["cancel_at"] == at_end["items"]["data"][0]["current_period_end"]
+    assert hooks.send(fake_stripe.event("customer.subscription.updated", at_end)) == ["applied"]
+    current, _ = _state(user)
+    assert current["cancel_at_period_end"] is True and _iso(current["cancel_at"]) == _at(at_end["cancel_at"])
+    assert current["status"] == "active" and current["plan"] == "studio"
+
+    # 9. The period ends: customer.subscription.deleted.
+    ended = fake_stripe.end_subscription(sub_id)
+    assert hooks.send(fake_stripe.event("customer.subscription.deleted", ended)) == ["applied"]
+    row = _subscription(user.id)
+    assert row.status.value == "canceled" and row.cancel_at is None
+    assert _user(user.id).status.value == "canceled"
+    current, usage = _state(user)
+    assert (current["plan"], current["status"], usage["plan"]) == ("trial", "none", "trial")
+    refused = user.generate()
+    assert refused.status_code == 403 and refused.get_json()["code"] == "account_suspended"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Notification).where(
+        Notification.kind == "subscription_canceled")) == 1
+
+    assert [status for _, status in hooks.answers] == [200] * len(hooks.answers) and len(hooks.answers) == 11
+    # Every call the app made asked for the library's API version, the one the events are rendered at.
+    versions = {call.headers.get("stripe-version") for call in fake_stripe.calls("/v1/subscriptions")}
+    assert versions == {stripe.api_version}
+
+
+def test_a_cancel_at_after_this_period_is_shown_but_does_not_end_this_period(app, client, user, fake_stripe,
+                                                                            tasks):
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    period_end = sub["items"]["data"][0]["current_period_end"]
+    later = fake_stripe.update(sub["id"], {"cancel_at": str(period_end + 10 * 86400)})
+    deliver(client, tasks, fake_stripe.event("customer.subscription.updated", later))
+    current = user.get("/subscription/current").get_json()
+    assert current["cancel_at_period_end"] is False and _iso(current["cancel_at"]) == _at(period_end + 10 * 86400)
+
+    sooner = fake_stripe.update(sub["id"], {"cancel_at": str(period_end - 86400)})
+    deliver(client, tasks, fake_stripe.event("customer.subscription.updated", sooner))
+    current = user.get("/subscription/current").get_json()
+    assert current["cancel_at_period_end"] is True and _iso(current["cancel_at"]) == _at(period_end - 86400)
+
+    cleared = fake_stripe.update(sub["id"], {"cancel_at": ""})
+    deliver(client, tasks, fake_stripe.event("customer.subscription.updated", cleared))
+    current = user.get("/subscription/current").get_json()
+    assert (current["cancel_at_period_end"], current["cancel_at"]) == (False, None)
+
+
+def test_a_subscription_refetched_through_the_library_goes_back_to_stripes_own_json(app, client, user, fake_stripe,
+                                                                                   tasks):
+    import json
+    from decimal import Decimal
+
+    from sfx_backend.services.billing import BillingSettings, plain, stripe_client
+
+    sub = subscribe(user, client, fake_stripe, tasks, plan="pro")
+    fetched = stripe_client(BillingSettings.from_config(app.config)).v1.subscriptions.retrieve(sub["id"])
+    item = fetched["items"]["data"][0]
+    assert isinstance(item["price"]["unit_amount_decimal"], Decimal)  # what the library makes of "2900"
+    assert isinstance(item["plan"]["amount_decimal"], Decimal)
+    wire = plain(fetched)
+    assert wire == fake_stripe.subscriptions[sub["id"]]  # the decimals are the strings Stripe sent again
+    assert json.loads(json.dumps(wire)) == wire

@@ -1,7 +1,9 @@
 """ElevenLabsClient against the fake upstream: the wire format, and how failures are classified."""
 from __future__ import annotations
 
+import array
 import io
+import json
 import pickle
 import socket
 import threading
@@ -55,6 +57,7 @@ def test_mp3_generation_returns_mpeg_audio_with_cost_and_request_id(client, fake
 
 
 def test_wav_generation_wraps_upstream_pcm_in_a_readable_riff_at_the_pcm_rate(client, fake):
+    fake.set_key(KEY, tier="pro")  # pcm_44100 needs the upstream's Pro tier
     audio = client.generate(SoundRequest("rain on a tin roof", 1.5, output_format="wav"), KEY)
     assert (audio.content_type, audio.extension) == ("audio/wav", "wav")
     assert audio.data[:4] == b"RIFF"
@@ -99,16 +102,52 @@ def test_unknown_key_is_classified_key_invalid(client):
     assert (err.kind, err.http_status) == (FailureKind.KEY_INVALID, 401)
     assert err.upstream_code == "invalid_api_key"
     assert err.extra["upstream_request_id"]
+    # The real 401 names only a class in `code`; the reason is in `status`.
+    assert (err.extra["type"], err.extra["detail_code"]) == ("authentication_error", "unauthorized")
 
 
-def test_key_out_of_credits_is_classified_key_quota(client, fake):
+def test_unknown_key_in_the_legacy_shape_is_key_invalid_too(fake, client):
+    fake.shape = "legacy"
+    err = _fail(client, key="sk_" + "f" * 48)
+    assert (err.kind, err.http_status, err.upstream_code) == (FailureKind.KEY_INVALID, 401, "invalid_api_key")
+    assert "type" not in err.extra
+
+
+def test_a_revoked_key_answering_400_authentication_error_is_key_invalid(client, fake):
+    fake.set_key(KEY, revoked=True)
+    err = _fail(client)
+    assert (err.kind, err.http_status, err.upstream_code) == (FailureKind.KEY_INVALID, 400, "invalid_api_key")
+    assert err.extra["param"] == "api_key"
+
+
+def test_a_key_without_the_generation_permission_is_key_invalid_with_its_reason(client, fake):
+    fake.set_key(KEY, permissions={"user_read"})
+    err = _fail(client)
+    assert (err.kind, err.http_status, err.upstream_code) == (FailureKind.KEY_INVALID, 401, "missing_permissions")
+    assert client.get_subscription(KEY)["tier"] == "creator"  # the same key still reads its subscription
+
+
+def test_the_subscription_of_a_key_without_user_read_answers_missing_permissions(client, fake):
+    fake.set_key(KEY, permissions={"sound_generation"})
+    with pytest.raises(ProviderError) as info:
+        client.get_subscription(KEY)
+    assert (info.value.kind, info.value.upstream_code) == (FailureKind.KEY_INVALID, "missing_permissions")
+    assert looks_like_mp3(client.generate(SoundRequest("pop", 0.5), KEY).data)  # and it generates
+
+
+@pytest.mark.parametrize("shape", ["newer", "legacy"])
+def test_key_out_of_credits_is_classified_key_quota(client, fake, shape):
+    fake.shape = shape
     fake.set_key(KEY, credits=50)
     err = _fail(client, SoundRequest("explosion", 2.0))  # costs 80
     assert (err.kind, err.http_status) == (FailureKind.KEY_QUOTA, 401)
     assert err.upstream_code == "quota_exceeded"
 
 
-def test_concurrency_limit_answers_429_too_many_concurrent_requests(fake):
+@pytest.mark.parametrize(("shape", "code"), [("legacy", "too_many_concurrent_requests"),
+                                             ("newer", "concurrent_limit_exceeded")])
+def test_concurrency_limit_answers_429_too_many_concurrent_requests(fake, shape, code):
+    fake.shape = shape
     fake.set_key(KEY, concurrency=2)
     fake.latency = 0.8  # long enough that all callers overlap even on a busy machine
     callers = 5
@@ -132,7 +171,7 @@ def test_concurrency_limit_answers_429_too_many_concurrent_requests(fake):
     assert len(results) == callers
     assert 1 <= len(errors) <= callers - 1
     assert {(e.kind, e.http_status, e.upstream_code) for e in errors} == {
-        (FailureKind.KEY_CONCURRENCY, 429, "too_many_concurrent_requests")
+        (FailureKind.KEY_CONCURRENCY, 429, code)
     }
     assert fake.rejected_429 == len(errors)
     assert fake.max_in_flight[KEY] > 2
@@ -193,29 +232,128 @@ def test_server_error_with_a_non_json_body_is_transient(client, fake):
 
 
 @pytest.mark.parametrize(
-    ("step", "kind"),
+    ("step", "kind", "code"),
     [
-        (("error", 401, "detected_unusual_activity"), FailureKind.KEY_INVALID),
-        (("error", 401, "missing_permissions"), FailureKind.KEY_INVALID),
-        (("error", 403, "something_new"), FailureKind.KEY_INVALID),
-        (("error", 401, "quota_exceeded"), FailureKind.KEY_QUOTA),
-        (("error", 402, "quota_exceeded"), FailureKind.KEY_QUOTA),
-        (("error", 429, "concurrent_limit_exceeded"), FailureKind.KEY_CONCURRENCY),
-        (("error", 429, "never_heard_of_it"), FailureKind.UPSTREAM_BUSY),
-        (("error", 400, "invalid_request"), FailureKind.REJECTED),
-        (("error", 503, "service_unavailable"), FailureKind.TRANSIENT),
-        (("error_v2", 401, "quota_exceeded"), FailureKind.KEY_QUOTA),
-        (("error_v2", 429, "too_many_concurrent_requests"), FailureKind.KEY_CONCURRENCY),
-        (("validation", "field required"), FailureKind.REJECTED),
+        (("error", 401, "invalid_api_key"), FailureKind.KEY_INVALID, "invalid_api_key"),
+        (("error", 401, "detected_unusual_activity"), FailureKind.KEY_INVALID, "detected_unusual_activity"),
+        (("error", 401, "missing_permissions"), FailureKind.KEY_INVALID, "missing_permissions"),
+        (("error", 403, "something_new"), FailureKind.KEY_INVALID, "something_new"),
+        (("error", 401, "quota_exceeded"), FailureKind.KEY_QUOTA, "quota_exceeded"),
+        (("error", 402, "quota_exceeded"), FailureKind.KEY_QUOTA, "quota_exceeded"),
+        (("error", 429, "too_many_concurrent_requests"), FailureKind.KEY_CONCURRENCY, "too_many_concurrent_requests"),
+        (("error", 429, "concurrent_limit_exceeded"), FailureKind.KEY_CONCURRENCY, "concurrent_limit_exceeded"),
+        (("error", 429, "system_busy"), FailureKind.UPSTREAM_BUSY, "system_busy"),
+        (("error", 429, "never_heard_of_it"), FailureKind.UPSTREAM_BUSY, "never_heard_of_it"),
+        (("error", 400, "invalid_request"), FailureKind.REJECTED, "invalid_request"),
+        (("error", 503, "service_unavailable"), FailureKind.TRANSIENT, "service_unavailable"),
+        (("upstream", "invalid_api_key"), FailureKind.KEY_INVALID, "invalid_api_key"),
+        (("upstream", "revoked_api_key"), FailureKind.KEY_INVALID, "invalid_api_key"),
+        (("upstream", "missing_permissions"), FailureKind.KEY_INVALID, "missing_permissions"),
+        (("upstream", "quota_exceeded"), FailureKind.KEY_QUOTA, "quota_exceeded"),
+        (("upstream", "output_format_not_allowed"), FailureKind.FORMAT_NOT_ALLOWED, "output_format_not_allowed"),
+        (("upstream", "concurrent_limit_exceeded"), FailureKind.KEY_CONCURRENCY, "concurrent_limit_exceeded"),
+        (("upstream", "rate_limit_exceeded"), FailureKind.UPSTREAM_BUSY, "rate_limit_exceeded"),
+        (("upstream", "invalid_parameters"), FailureKind.REJECTED, "invalid_parameters"),
+        (("validation", "field required"), FailureKind.REJECTED, "validation_error"),
     ],
 )
-def test_each_upstream_error_maps_to_its_failure_kind(client, fake, step, kind):
+def test_each_upstream_error_maps_to_its_failure_kind(client, fake, step, kind, code):
     fake.script(KEY, [step])
     err = _fail(client)
     assert err.kind is kind
-    if step[0].startswith("error"):
-        # error_v2 bodies carry a generic `status`, so this proves `code` is read first.
-        assert err.upstream_code == step[2]
+    assert err.upstream_code == code
+
+
+# The bodies as the real API sends them (the project's upstream reference, "Errors"), fed to the classifier
+# directly: the newer shape's `code` is sometimes only a class, with the reason in `status`.
+@pytest.mark.parametrize(("status", "detail", "kind", "code"), [
+    (401, {"type": "authentication_error", "code": "unauthorized", "status": "invalid_api_key"},
+     FailureKind.KEY_INVALID, "invalid_api_key"),
+    (400, {"type": "authentication_error", "code": "invalid_api_key", "status": "invalid_api_key",
+           "param": "api_key"}, FailureKind.KEY_INVALID, "invalid_api_key"),
+    (401, {"type": "authentication_error", "code": "unauthorized", "status": "missing_permissions"},
+     FailureKind.KEY_INVALID, "missing_permissions"),
+    (500, {"type": "authentication_error", "code": "unauthorized"}, FailureKind.KEY_INVALID, "unauthorized"),
+    (401, {"type": "invalid_request", "code": "quota_exceeded"}, FailureKind.KEY_QUOTA, "quota_exceeded"),
+    (401, {"status": "quota_exceeded", "message": "m"}, FailureKind.KEY_QUOTA, "quota_exceeded"),
+    (401, {"status": "detected_unusual_activity"}, FailureKind.KEY_INVALID, "detected_unusual_activity"),
+    (403, {"type": "authorization_error", "code": "subscription_required", "status": "output_format_not_allowed"},
+     FailureKind.FORMAT_NOT_ALLOWED, "output_format_not_allowed"),
+    (429, {"code": "concurrent_limit_exceeded"}, FailureKind.KEY_CONCURRENCY, "concurrent_limit_exceeded"),
+    (429, {"status": "too_many_concurrent_requests"}, FailureKind.KEY_CONCURRENCY, "too_many_concurrent_requests"),
+    (429, {"code": "rate_limit_exceeded"}, FailureKind.UPSTREAM_BUSY, "rate_limit_exceeded"),
+    (429, {"status": "system_busy"}, FailureKind.UPSTREAM_BUSY, "system_busy"),
+    (400, {"type": "validation_error", "code": "invalid_parameters", "status": "invalid_parameters",
+           "param": "duration_seconds"}, FailureKind.REJECTED, "invalid_parameters"),
+    (502, {"status": "bad_gateway"}, FailureKind.TRANSIENT, "bad_gateway"),
+])
+def test_the_classifier_reads_type_code_and_status_together(status, detail, kind, code):
+    err = classify_error(status, json.dumps({"detail": {**detail, "request_id": "r-1"}}).encode())
+    assert (err.kind, err.upstream_code) == (kind, code)
+    assert err.extra["upstream_request_id"] == "r-1"
+
+
+def test_a_fastapi_422_list_is_rejected_as_a_validation_error():
+    body = {"detail": [{"type": "missing", "loc": ["body", "text"], "msg": "Field required", "input": {}}]}
+    err = classify_error(422, json.dumps(body))
+    assert (err.kind, err.upstream_code, err.message) == (FailureKind.REJECTED, "validation_error",
+                                                          "body.text: Field required")
+
+
+@pytest.mark.parametrize(("tier", "wav", "mp3"), [
+    ("pro", "pcm_44100", "mp3_44100_128"),
+    ("scale_2024_08_10", "pcm_44100", "mp3_44100_128"),
+    ("enterprise", "pcm_44100", "mp3_44100_128"),
+    ("creator", "mp3_44100_192", "mp3_44100_128"),
+    ("starter", "mp3_44100_128", "mp3_44100_128"),
+    ("free", "mp3_44100_128", "mp3_44100_128"),
+    (None, "pcm_44100", "mp3_44100_128"),  # unknown: ask for what the job prefers, learn from the answer
+    ("grant_tier_1_2025_07_23", "pcm_44100", "mp3_44100_128"),
+])
+def test_each_tier_is_asked_only_for_formats_it_may_use(client, tier, wav, mp3):
+    assert (client.choose_format("wav", tier), client.choose_format("mp3", tier)) == (wav, mp3)
+
+
+def test_formats_a_key_was_refused_are_skipped_down_to_the_baseline(client):
+    assert client.choose_format("wav", None, frozenset({"pcm_44100"})) == "mp3_44100_192"
+    assert client.choose_format("wav", None, frozenset({"pcm_44100", "mp3_44100_192"})) == "mp3_44100_128"
+    assert client.choose_format("wav", "pro", frozenset({"pcm_44100"})) == "mp3_44100_192"
+    assert client.choose_format("mp3", None, frozenset({"mp3_44100_128"})) is None
+
+
+@pytest.mark.parametrize(("tier", "refused", "allowed"), [
+    ("creator", "pcm_44100", "mp3_44100_192"),
+    ("starter", "mp3_44100_192", "mp3_44100_128"),
+    ("free", "pcm_48000", "mp3_44100_128"),
+])
+def test_the_fake_upstream_enforces_the_tier_gate_on_output_format(client, fake, tier, refused, allowed):
+    fake.set_key(KEY, tier=tier)
+    err = _fail(client, SoundRequest("pop", 1.0, output_format="wav", upstream_format=refused))
+    assert (err.kind, err.http_status) == (FailureKind.FORMAT_NOT_ALLOWED, 403)
+    assert (err.extra["type"], err.extra["output_format"]) == ("authorization_error", refused)
+    assert fake.key_state(KEY).used == 0  # a refused format costs nothing
+    audio = client.generate(SoundRequest("pop", 1.0, output_format="wav", upstream_format=allowed), KEY)
+    assert audio.upstream_format == allowed and fake.last_request.query["output_format"] == allowed
+
+
+@pytest.mark.parametrize("upstream_format", ["mp3_44100_192", "mp3_44100_128"])
+def test_a_wav_job_fetched_as_mp3_is_decoded_into_a_44k1_16_bit_riff(client, fake, upstream_format):
+    fake.set_key(KEY, tier="creator")
+    audio = client.generate(SoundRequest("rain", 1.5, output_format="wav", upstream_format=upstream_format), KEY)
+    assert (audio.content_type, audio.extension, audio.upstream_format) == ("audio/wav", "wav", upstream_format)
+    assert audio.data[:4] == b"RIFF" and audio.data[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(audio.data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (44100, 1, 2)
+        # MP3 frames pad the start and end by a few milliseconds; the sound itself is all there.
+        assert 1.5 * 44100 <= w.getnframes() <= 1.6 * 44100
+        samples = array.array("h", w.readframes(w.getnframes()))
+    assert 2500 < max(samples) < 3500  # the fake's tone peaks at 3000: decoded, not noise or silence
+
+
+def test_an_mp3_answer_that_does_not_decode_is_transient(client, fake):
+    fake.script(KEY, [("status", 200, b"\xff\xfb" + b"\x00" * 64, {"Content-Type": "audio/mpeg"})])
+    err = _fail(client, SoundRequest("pop", 1.0, output_format="wav", upstream_format="mp3_44100_128"))
+    assert (err.kind, err.upstream_code) == (FailureKind.TRANSIENT, "undecodable_audio")
 
 
 def test_slow_response_past_the_read_timeout_is_transient(fake):

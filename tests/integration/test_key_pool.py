@@ -5,6 +5,7 @@ import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from sfx_backend.crypto import KeyCipher
 from sfx_backend.extensions import db
 from sfx_backend.models import ApiKey, ApiKeyStatus, JobAttempt, KeyLease, utcnow
-from sfx_backend.providers.base import FailureKind, ProviderError
+from sfx_backend.providers.base import FailureKind, ProviderError, SoundRequest
 from sfx_backend.providers.elevenlabs import ElevenLabsClient
 from sfx_backend.services.key_pool import KeyPool
 from tests.support.fake_elevenlabs import FakeElevenLabs
@@ -300,3 +301,145 @@ def test_cli_rotate_encryption_re_encrypts_every_key(app):
     assert result.exit_code == 0 and "re-encrypted 1 keys" in result.output
     db.session.refresh(key)
     assert key.encrypted_key != before and pool.secret_of(key) == "the-secret-to-rotate"
+
+
+# -- the upstream's answers, through the real client, applied to a key ---------------------------------
+SECRET = "sk_" + "9c8b7a6d" * 6  # shaped like a real key
+WAV_PCM = SoundRequest("rain", 1.0, output_format="wav", upstream_format="pcm_44100")
+
+# (case, fake's shape, the key as the fake knows it, scripted answer, request, status, reason part, cooldown)
+# cooldown: None (none), "reset" (the credit reset the upstream reports), or the longest pause in seconds.
+ERROR_MATRIX = [
+    ("401 invalid key, newer shape", "newer", {"valid": False}, None, None,
+     ApiKeyStatus.DISABLED, "invalid_api_key", None),
+    ("401 invalid key, legacy shape", "legacy", {"valid": False}, None, None,
+     ApiKeyStatus.DISABLED, "invalid_api_key", None),
+    ("400 revoked key, newer shape", "newer", {"revoked": True}, None, None,
+     ApiKeyStatus.DISABLED, "invalid_api_key", None),
+    ("400 invalid key, legacy shape", "legacy", {}, ("error", 400, "invalid_api_key"), None,
+     ApiKeyStatus.DISABLED, "invalid_api_key", None),
+    ("401 unusual activity, legacy shape", "legacy", {}, ("error", 401, "detected_unusual_activity"), None,
+     ApiKeyStatus.DISABLED, "detected_unusual_activity", None),
+    ("401 missing_permissions on generation", "newer", {"permissions": {"user_read"}}, None, None,
+     ApiKeyStatus.DISABLED, "permission to generate sound (missing_permissions)", None),
+    ("quota, newer shape", "newer", {"credits": 10}, None, None,
+     ApiKeyStatus.RATE_LIMITED, "credits exhausted", "reset"),
+    ("quota, legacy shape", "legacy", {"credits": 10}, None, None,
+     ApiKeyStatus.RATE_LIMITED, "credits exhausted", "reset"),
+    ("429 concurrency, newer shape", "newer", {}, ("upstream", "concurrent_limit_exceeded"), None,
+     ApiKeyStatus.RATE_LIMITED, "concurrency limit", 1),
+    ("429 concurrency, legacy shape", "legacy", {}, ("error", 429, "too_many_concurrent_requests"), None,
+     ApiKeyStatus.RATE_LIMITED, "concurrency limit", 1),
+    ("429 rate limit, newer shape", "newer", {}, ("upstream", "rate_limit_exceeded"), None,
+     ApiKeyStatus.RATE_LIMITED, "busy (rate_limit_exceeded)", 15),
+    ("429 system busy, legacy shape", "legacy", {}, ("error", 429, "system_busy"), None,
+     ApiKeyStatus.RATE_LIMITED, "busy (system_busy)", 15),
+    ("422 FastAPI validation", "newer", {}, ("validation", "Field required"), None,
+     ApiKeyStatus.ACTIVE, None, None),
+    ("400 validation_error", "newer", {}, ("upstream", "invalid_parameters"), None,
+     ApiKeyStatus.ACTIVE, None, None),
+    ("503", "newer", {}, ("status", 503, "down"), None, ApiKeyStatus.ACTIVE, None, None),
+    ("403 tier gate on a Creator key", "newer", {"tier": "creator"}, None, WAV_PCM,
+     ApiKeyStatus.ACTIVE, None, None),
+    ("403 tier gate on a Free key", "newer", {"tier": "free"}, None, WAV_PCM, ApiKeyStatus.ACTIVE, None, None),
+]
+
+
+@pytest.mark.parametrize(("shape", "account", "step", "request_", "status", "reason", "cooldown"),
+                         [case[1:] for case in ERROR_MATRIX], ids=[case[0] for case in ERROR_MATRIX])
+def test_each_upstream_answer_leaves_the_key_as_the_table_says(app, shape, account, step, request_, status,
+                                                               reason, cooldown):
+    clock = Clock()
+    pool = _pool(app, clock=clock)
+    with FakeElevenLabs(shape=shape) as fake, ElevenLabsClient(base_url=fake.url, read_timeout=5) as client:
+        fake.set_key(SECRET, **account)
+        if step:
+            fake.script(SECRET, [step])
+        key, _ = pool.add("matrix", SECRET)
+        db.session.commit()
+        with pytest.raises(ProviderError) as info:
+            client.generate(request_ or SoundRequest("door slam", 1.0), SECRET)
+        error = info.value
+        if error.kind is FailureKind.FORMAT_NOT_ALLOWED:
+            pool.refuse_format(key.id, error.extra["output_format"])  # what the runner does with a tier gate
+        else:
+            reset = None
+            if error.kind is FailureKind.KEY_QUOTA:
+                reset_unix = client.get_subscription(SECRET)["next_character_count_reset_unix"]
+                reset = datetime.fromtimestamp(reset_unix, timezone.utc)
+            pool.report_failure(key.id, error, reset_at=reset)
+        db.session.commit()
+    db.session.refresh(key)
+    assert key.status == status
+    assert (reason is None and key.status_reason is None) or reason in key.status_reason
+    if cooldown is None:
+        assert key.cooldown_until is None
+    elif cooldown == "reset":
+        assert key.cooldown_until == datetime.fromtimestamp(1_900_000_000, timezone.utc)
+    else:
+        assert clock.now < key.cooldown_until <= clock.now + timedelta(seconds=cooldown)
+    if request_ is not None:
+        assert key.refused_formats == "pcm_44100" and key.consecutive_failures == 0
+    if error.kind is FailureKind.TRANSIENT:
+        assert key.consecutive_failures == 1  # counted, not cooled: one error never does
+
+
+def test_probe_keeps_a_key_that_may_not_read_its_subscription_and_the_key_still_generates(app):
+    pool = _pool(app)
+    with FakeElevenLabs() as fake, ElevenLabsClient(base_url=fake.url) as client:
+        fake.set_key(SECRET, permissions={"sound_generation"})
+        key, _ = pool.add("restricted", SECRET)
+        result = pool.probe(key, client)
+        db.session.commit()
+        assert result["ok"] is True and "not permitted" in result["note"]
+        assert (key.status, key.status_reason, key.probe_error, key.tier) == (
+            ApiKeyStatus.ACTIVE, None, "missing_permissions", None)
+        leased = pool.acquire()
+        assert leased is not None and leased.id == key.id and leased.tier is None
+        assert client.generate(SoundRequest("pop", 0.5), leased.secret).http_status == 200
+
+
+def test_probe_of_a_revoked_key_disables_it(app):
+    pool = _pool(app)
+    with FakeElevenLabs() as fake, ElevenLabsClient(base_url=fake.url) as client:
+        fake.set_key(SECRET, revoked=True)
+        key, _ = pool.add("revoked", SECRET)
+        assert pool.probe(key, client) == {"ok": False, "error": "invalid_api_key"}
+    assert (key.status, key.status_reason) == (ApiKeyStatus.DISABLED, "upstream answered invalid_api_key")
+    assert key.probe_error == "invalid_api_key"
+
+
+def test_probe_records_the_tier_and_a_new_tier_forgets_the_formats_the_old_one_refused(app):
+    pool = _pool(app)
+    with FakeElevenLabs() as fake, ElevenLabsClient(base_url=fake.url) as client:
+        fake.set_key(SECRET, tier="creator")
+        key, _ = pool.add("tiered", SECRET)
+        key.probe_error = "missing_permissions"
+        pool.probe(key, client)
+        pool.refuse_format(key.id, "pcm_44100")
+        pool.refuse_format(key.id, "pcm_48000")
+        db.session.commit()
+        leased = pool.acquire()
+        assert (leased.tier, leased.refused_formats) == ("creator", frozenset({"pcm_44100", "pcm_48000"}))
+        pool.release(leased.lease_id)
+        pool.probe(key, client)  # same tier: what its gate refused still holds
+        assert (key.tier, key.refused_formats, key.probe_error) == ("creator", "pcm_44100,pcm_48000", None)
+        fake.set_key(SECRET, tier="pro")
+        assert pool.probe(key, client)["tier"] == "pro"
+        assert key.refused_formats is None and key.status == ApiKeyStatus.ACTIVE
+
+
+def test_the_beat_task_keeps_keys_whose_probe_lacks_user_read(app):
+    from workers.keys import maintain_key_pool
+
+    pool = _pool(app)
+    with FakeElevenLabs() as fake:
+        fake.set_key(SECRET, permissions={"sound_generation"})
+        app.config["ELEVEN_LABS_BASE_URL"] = fake.url
+        key, _ = pool.add("no-user-read", SECRET)
+        db.session.commit()
+        summary = maintain_key_pool.run()
+        assert fake.last_request.path == "/v1/user/subscription"
+    db.session.refresh(key)
+    assert summary["probed"] == 1 and summary["unreadable"] == 1
+    assert (key.status, key.probe_error) == (ApiKeyStatus.ACTIVE, "missing_permissions")

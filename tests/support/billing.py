@@ -37,6 +37,14 @@ STRIPE_ENV = {
     "STRIPE_OVERAGE_PRICE_STUDIO": "price_studio_overage",
     "BILLING_PAST_DUE_GRACE_DAYS": "7",
 }
+# What the Stripe account sells: price id -> (unit amount in cents, metered), as the plan catalogue says.
+PRICES = {
+    "price_starter_monthly": (900, False),
+    "price_pro_monthly": (2900, False),
+    "price_studio_monthly": (9900, False),
+    "price_pro_overage": (4, True),
+    "price_studio_overage": (3, True),
+}
 
 # localstripe binds every interface when started as `localstripe --port`; the same server module,
 # started here, listens on the loopback interface only and never loads a previous run's data.
@@ -93,7 +101,7 @@ def localstripe_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stripe_server(localstripe_url):
-    with FakeStripe(forward_to=localstripe_url) as fake:
+    with FakeStripe(forward_to=localstripe_url, catalogue=PRICES) as fake:
         yield fake
 
 

@@ -1,5 +1,24 @@
 """A fake ElevenLabs upstream on 127.0.0.1 that speaks the sound-generation HTTP protocol.
 
+Every answer's shape comes from ElevenLabs' own material; each one names its source where it is built:
+  [sdk]      elevenlabs/elevenlabs-python: src/elevenlabs/text_to_sound_effects/raw_client.py (endpoint,
+             body, output_format and which tiers may use it), types/allowed_output_formats.py,
+             types/http_validation_error.py + types/validation_error.py (the 422 body), types/subscription.py
+             and types/subscription_status_type.py (GET /v1/user/subscription),
+             types/pending_subscription_switch_response_model_next_tier.py (tier names)
+  [errors]   elevenlabs.io/docs/eleven-api/resources/errors: "Error properties" (type, code, message, status,
+             request_id, param), "Example error response" (validation_error / invalid_parameters),
+             "Rate limiting and concurrency" (429 rate_limit_exceeded / concurrent_limit_exceeded)
+  [help]     help.elevenlabs.io "API - Error Code 400 or 401" (legacy {"detail": {"status", "message"}}:
+             invalid_api_key, quota_exceeded)
+  [errmsg]   elevenlabs/elevenlabs-docs: fern/docs/pages/resources/error-messages.mdx (legacy 429 codes
+             too_many_concurrent_requests and system_busy)
+  [n8n]      n8n-io/n8n issue 17252 (a legacy detected_unusual_activity body a free-tier key received)
+  [recorded] bodies the real API was seen to send, compared against the [errors] page and the [help]
+             articles and recorded publicly by third parties (401 authentication_error with code
+             unauthorized and the reason in status, 400 for a revoked key of the real key format,
+             missing_permissions, the 403 tier gate on output_format); docs/key-pool.md lists them
+
 In tests:  `with FakeElevenLabs(keys={"k1": 2}) as fake: ...fake.url...; fake.max_in_flight["k1"]`.
 Standalone (worker tests, benchmarks):
     python -m tests.support.fake_elevenlabs --port 8099 --latency 2.0 --keys k1:5,k2:5
@@ -23,13 +42,61 @@ from urllib.parse import parse_qs, urlsplit
 
 from sfx_backend.providers.audio import encode_mp3, parse_output_format
 
+# [sdk] types/allowed_output_formats.py
 KNOWN_FORMATS = frozenset(
-    ["mp3_22050_32"]
+    ["mp3_22050_32", "mp3_24000_48"]
     + [f"mp3_44100_{kbps}" for kbps in (32, 64, 96, 128, 192)]
-    + [f"pcm_{r}" for r in (16000, 22050, 24000, 44100, 48000)]
+    + [f"pcm_{r}" for r in (8000, 16000, 22050, 24000, 32000, 44100, 48000)]
     + [f"opus_48000_{kbps}" for kbps in (32, 64, 96, 128, 192)]
-    + ["ulaw_8000"]
+    + ["ulaw_8000", "alaw_8000"]
 )
+# The upstream's tier gate on output_format. [sdk] text_to_sound_effects: "MP3 with 192kbps bitrate requires
+# you to be subscribed to Creator tier or above. PCM with 44.1kHz sample rate requires you to be subscribed
+# to Pro tier or above"; [recorded] pcm_48000 with the Pro ones. Kept apart from the app's own table on
+# purpose: the tests check the app against the upstream's rule, not against itself.
+GATED_FORMATS = {"mp3_44100_192": "creator", "pcm_44100": "pro", "pcm_48000": "pro"}
+# [sdk] tier names, lowest plan first; the dated and grant tiers are all above Pro here.
+TIER_ORDER = {"free": 0, "starter": 1, "creator": 2, "pro": 3, "growing_business": 4, "scale_2024_08_10": 4,
+              "enterprise": 4}
+# Permissions an upstream key can be restricted to; generation needs the first, the subscription read the
+# second ([recorded] "/v1/user/subscription needs user_read").
+ALL_PERMISSIONS = frozenset({"sound_generation", "user_read"})
+
+# Newer-shape bodies by name: (HTTP status, detail fields). request_id and message are added per answer.
+NEWER_ERRORS: dict[str, tuple[int, dict[str, str]]] = {
+    # [recorded] 401 for an unknown or invalid key: a generic class in `code`, the reason in `status`.
+    "invalid_api_key": (401, {"type": "authentication_error", "code": "unauthorized", "status": "invalid_api_key"}),
+    # [recorded] 400 for a revoked key of the real key format.
+    "revoked_api_key": (400, {"type": "authentication_error", "code": "invalid_api_key",
+                              "status": "invalid_api_key", "param": "api_key"}),
+    # [recorded] a key restricted away from this endpoint's permission.
+    "missing_permissions": (401, {"type": "authentication_error", "code": "unauthorized",
+                                  "status": "missing_permissions"}),
+    # [recorded] type and code; `status` mirrors `code` as in [errors]' example.
+    "quota_exceeded": (401, {"type": "invalid_request", "code": "quota_exceeded", "status": "quota_exceeded"}),
+    # [recorded] the tier gate on output_format.
+    "output_format_not_allowed": (403, {"type": "authorization_error", "code": "subscription_required",
+                                        "status": "output_format_not_allowed"}),
+    # [errors] the two 429 codes; no source gives their `type`, so none is sent.
+    "concurrent_limit_exceeded": (429, {"code": "concurrent_limit_exceeded", "status": "concurrent_limit_exceeded"}),
+    "rate_limit_exceeded": (429, {"code": "rate_limit_exceeded", "status": "rate_limit_exceeded"}),
+    # [errors] "Example error response", on this endpoint's parameter.
+    "invalid_parameters": (400, {"type": "validation_error", "code": "invalid_parameters",
+                                 "status": "invalid_parameters", "param": "duration_seconds"}),
+}
+# Messages: [help] invalid_api_key and quota_exceeded, [n8n] detected_unusual_activity, [errmsg] system_busy's
+# cause; the concurrency wording as quoted from the API in rogeriochaves/bmo issue 5; the others are ours
+# (nothing reads a message to decide anything).
+MESSAGES = {
+    "invalid_api_key": "Invalid API key",
+    "quota_exceeded": "You have insufficient quota to complete this request",
+    "detected_unusual_activity": "Unusual activity detected. Free Tier usage disabled.",
+    "too_many_concurrent_requests": "Too many concurrent requests.",
+    "concurrent_limit_exceeded": "Too many concurrent requests.",
+    "system_busy": "Our services are experiencing high levels of traffic and your request could not be processed.",
+    "missing_permissions": "The API key you used is missing the permission to execute this operation.",
+    "output_format_not_allowed": "This output format needs a higher subscription tier.",
+}
 _LOOPBACK = ("127.0.0.1", "localhost")
 _GENERATION = "/v1/sound-generation"
 _SUBSCRIPTION = "/v1/user/subscription"
@@ -42,9 +109,11 @@ class FakeKey:
     concurrency: int = 5
     credits: int = 100_000  # character_limit
     used: int = 0  # character_count
-    valid: bool = True
+    valid: bool = True  # False: known and refused with 401 invalid_api_key
     tier: str = "creator"
     reset_unix: int = 1_900_000_000
+    revoked: bool = False  # True: refused with the 400 a revoked key of the real format gets
+    permissions: frozenset[str] = ALL_PERMISSIONS
 
 
 @dataclass
@@ -75,13 +144,18 @@ class FakeElevenLabs:
         host: str = "127.0.0.1",
         cost_per_second: int = 40,
         auto_duration_cost: int = 200,
+        shape: str = "newer",
     ) -> None:
+        """`shape`: "newer" or "legacy", the error body shape of the fake's own (unscripted) refusals."""
         if host not in _LOOPBACK:
             raise ValueError("the fake only binds to the loopback interface")
         self.host, self.port = host, port
         self.latency = latency
         self.cost_per_second = cost_per_second
         self.auto_duration_cost = auto_duration_cost
+        if shape not in ("newer", "legacy"):
+            raise ValueError("shape is 'newer' or 'legacy'")
+        self.shape = shape
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._keys: dict[str, FakeKey] = {}
@@ -142,18 +216,23 @@ class FakeElevenLabs:
         valid: bool = True,
         tier: str = "creator",
         used: int = 0,
+        revoked: bool = False,
+        permissions: Iterable[str] | None = None,
     ) -> None:
-        """Add or replace a key the fake accepts (or knows and rejects, with valid=False)."""
+        """Add or replace a key the fake accepts (or knows and rejects: valid=False, revoked=True; or
+        restricts: permissions, a subset of ALL_PERMISSIONS)."""
+        perms = ALL_PERMISSIONS if permissions is None else frozenset(permissions)
         with self._lock:
-            self._keys[key] = FakeKey(concurrency, credits, used, valid, tier)
+            self._keys[key] = FakeKey(concurrency, credits, used, valid, tier, revoked=revoked, permissions=perms)
 
     def script(self, key: str, steps: Iterable[tuple | list]) -> None:
         """Queue forced answers for `key` ("*" = any key), consumed one per generation call.
 
         Steps: ("ok",) | ("slow", seconds) then normal | ("status", http[, body, headers]) with
         body str (text/plain), bytes or dict/list (JSON), e.g. ("status", 200, b"") for an empty
-        200 | ("error", http, code[, headers]) legacy JSON detail | ("error_v2", http, code[,
-        headers]) newer JSON detail | ("validation", msg) FastAPI 422 | ("drop",) hang up.
+        200 | ("error", http, reason[, headers]) the legacy body {"detail": {"status", "message"}} |
+        ("upstream", name[, headers]) the newer body NEWER_ERRORS[name] with its HTTP status |
+        ("validation", msg) the FastAPI 422 list | ("drop",) hang up.
         """
         with self._lock:
             self._scripts.setdefault(key, deque()).extend(tuple(s) for s in steps)
@@ -235,15 +314,15 @@ class FakeElevenLabs:
     def _audio(self, fmt: str, duration: float) -> tuple[bytes, str]:
         """Real audio of `duration` in upstream format `fmt`: a quiet tone, cached."""
         codec, rate, kbps = parse_output_format(fmt)
-        types = {"mp3": "audio/mpeg", "opus": "audio/opus", "ulaw": "audio/basic"}
+        types = {"mp3": "audio/mpeg", "opus": "audio/opus", "ulaw": "audio/basic", "alaw": "audio/basic"}
         ctype = types.get(codec, "application/octet-stream")
         with self._lock:
             cached = self._audio_cache.get((fmt, duration))
         if cached is not None:
             return cached, ctype
         n = max(1, int(duration * rate))
-        if codec == "ulaw":
-            data = b"\xff" * n  # mu-law silence
+        if codec in ("ulaw", "alaw"):
+            data = (b"\xff" if codec == "ulaw" else b"\xd5") * n  # silence in each companding law
         elif codec == "opus":
             data = b"OggS" + bytes(min(n, 4096))  # placeholder: nothing here decodes opus
         else:
@@ -277,24 +356,25 @@ def validate_generation(query: Mapping[str, str], body: Any) -> list[dict]:
     """FastAPI-style error items for a sound-generation request, empty when it is valid."""
     errors = []
 
-    def bad(loc: list, msg: str, typ: str = "value_error") -> None:
-        errors.append({"loc": loc, "msg": msg, "type": typ})
+    def bad(loc: list, msg: str, typ: str = "value_error", given: Any = None) -> None:
+        # [sdk] types/validation_error.py (loc, msg, type); FastAPI also echoes the `input`.
+        errors.append({"type": typ, "loc": loc, "msg": msg, "input": given})
 
     fmt = query.get("output_format", "mp3_44100_128")
     if fmt not in KNOWN_FORMATS:
-        bad(["query", "output_format"], f"unsupported output format {fmt!r}", "enum")
+        bad(["query", "output_format"], f"unsupported output format {fmt!r}", "enum", fmt)
     if not isinstance(body, dict):
-        bad(["body"], "a JSON object is required", "type_error.dict")
+        bad(["body"], "a JSON object is required", "type_error.dict", body)
         return errors
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
-        bad(["body", "text"], "field required", "value_error.missing")
+        bad(["body", "text"], "field required", "value_error.missing", text)
     duration = body.get("duration_seconds")
     if duration is not None and not (_is_number(duration) and 0.5 <= duration <= 30):
-        bad(["body", "duration_seconds"], "ensure this value is between 0.5 and 30")
+        bad(["body", "duration_seconds"], "ensure this value is between 0.5 and 30", given=duration)
     influence = body.get("prompt_influence", 0.3)
     if not (_is_number(influence) and 0 <= influence <= 1):
-        bad(["body", "prompt_influence"], "ensure this value is between 0 and 1")
+        bad(["body", "prompt_influence"], "ensure this value is between 0 and 1", given=influence)
     if not isinstance(body.get("loop", False), bool):
         bad(["body", "loop"], "value could not be parsed to a boolean", "type_error.bool")
     if not isinstance(body.get("model_id", ""), str):
@@ -353,16 +433,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str, headers: Mapping | None = None,
-               new_shape: bool = False) -> None:
+    def _legacy(self, status: int, reason: str, headers: Mapping | None = None) -> int:
+        """The legacy body, [help] / [errmsg] / [n8n]: {"detail": {"status": reason, "message"}}."""
+        detail = {"status": reason, "message": MESSAGES.get(reason, f"scripted {reason}")}
+        self._send(status, {"detail": detail}, {"request-id": uuid.uuid4().hex, **(headers or {})})
+        return status
+
+    def _newer(self, name: str, headers: Mapping | None = None) -> int:
+        """The newer body, [errors] "Error properties", with the fields NEWER_ERRORS records for `name`."""
+        status, fields = NEWER_ERRORS[name]
         rid = uuid.uuid4().hex
-        if new_shape:
-            # `status` deliberately differs from `code` so clients prove they read `code` first.
-            detail = {"type": "error", "code": code, "message": message, "status": "error",
-                      "request_id": rid, "param": None}
-        else:
-            detail = {"status": code, "message": message}
+        reason = fields.get("status") or fields.get("code") or name
+        detail = {**fields, "message": MESSAGES.get(reason, f"upstream refused: {reason}"), "request_id": rid}
         self._send(status, {"detail": detail}, {"request-id": rid, **(headers or {})})
+        return status
+
+    def _refuse(self, name: str, headers: Mapping | None = None) -> int:
+        """One of the fake's own refusals, in the shape the fake is set to speak."""
+        if self.fake.shape == "newer":
+            return self._newer(name, headers)
+        # Legacy reasons: [help] invalid_api_key, quota_exceeded; [errmsg] too_many_concurrent_requests. The
+        # legacy shape of the others is not recorded anywhere; the fake reuses the newer reason for them.
+        legacy = {"revoked_api_key": "invalid_api_key", "concurrent_limit_exceeded": "too_many_concurrent_requests"}
+        return self._legacy(NEWER_ERRORS[name][0], legacy.get(name, name), headers)
+
+    def _refuse_key(self, account: FakeKey | None, permission: str) -> int | None:
+        """The refusal a key gets before its request is looked at, or None when it may go on."""
+        if account is None or not account.valid:
+            return self._refuse("invalid_api_key")
+        if account.revoked:
+            return self._refuse("revoked_api_key")
+        if permission not in account.permissions:
+            return self._refuse("missing_permissions")
+        return None
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         req = self._read()
@@ -371,11 +474,15 @@ class _Handler(BaseHTTPRequestHandler):
         if req.path != _SUBSCRIPTION:
             return self._send(404 if req.path != _GENERATION else 405, {"detail": "Not Found"})
         key = self.fake.key_state(req.headers.get("xi-api-key", ""))
-        if key is None or not key.valid:
-            return self._error(401, "invalid_api_key", "Invalid API key")
-        self._send(200, {"tier": key.tier, "character_count": key.used,
-                         "character_limit": key.credits, "status": "active",
-                         "next_character_count_reset_unix": key.reset_unix})
+        if self._refuse_key(key, "user_read") is not None:
+            return
+        # [sdk] types/subscription.py: the fields the pool reads, and enough of the rest to look real;
+        # `status` is one of types/subscription_status_type.py's values.
+        self._send(200, {"tier": key.tier, "character_count": key.used, "character_limit": key.credits,
+                         "can_extend_character_limit": False, "allowed_to_extend_character_limit": False,
+                         "next_character_count_reset_unix": key.reset_unix, "voice_slots_used": 0,
+                         "voice_limit": 10, "status": "free" if key.tier == "free" else "active",
+                         "open_invoices": [], "has_open_invoices": False})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         req = self._read()
@@ -406,12 +513,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = step[2] if len(step) > 2 else f"fake upstream status {step[1]}"
             self._send(int(step[1]), body, step[3] if len(step) > 3 else None)
             return int(step[1])
-        elif kind in ("error", "error_v2"):
-            code, extra = str(step[2]), step[3] if len(step) > 3 else None
-            self._error(int(step[1]), code, f"scripted {code}", extra, kind == "error_v2")
-            return int(step[1])
+        elif kind == "error":
+            return self._legacy(int(step[1]), str(step[2]), step[3] if len(step) > 3 else None)
+        elif kind == "upstream":
+            return self._newer(str(step[1]), step[2] if len(step) > 2 else None)
         elif kind == "validation":
-            item = {"loc": ["body", "text"], "msg": str(step[1]), "type": "value_error"}
+            # [sdk] types/http_validation_error.py: {"detail": [{"loc", "msg", "type"}]}, plus FastAPI's `input`.
+            item = {"type": "value_error", "loc": ["body", "text"], "msg": str(step[1]), "input": None}
             self._send(422, {"detail": [item]})
             return 422
         elif kind == "drop":
@@ -419,25 +527,26 @@ class _Handler(BaseHTTPRequestHandler):
             return 0
 
         account = fake.key_state(key)
-        if account is None or not account.valid:
-            self._error(401, "invalid_api_key", "Invalid API key")
-            return 401
+        refused = self._refuse_key(account, "sound_generation")
+        if refused is not None:
+            return refused
         errors = validate_generation(req.query, req.json)
         if errors:
             self._send(422, {"detail": errors})
             return 422
+        fmt = req.query.get("output_format", "mp3_44100_128")
+        needed = GATED_FORMATS.get(fmt)
+        if needed and TIER_ORDER.get(account.tier, -1) < TIER_ORDER[needed]:
+            return self._refuse("output_format_not_allowed")
         limit = {"current-concurrent-requests": now,
                  "maximum-concurrent-requests": account.concurrency}
         if now > account.concurrency:
-            self._error(429, "too_many_concurrent_requests", "Too many concurrent requests", limit)
-            return 429
+            return self._refuse("concurrent_limit_exceeded", limit)
         duration = req.json.get("duration_seconds")
         cost = fake._charge(key, duration)
         if cost is None:
-            self._error(401, "quota_exceeded", "This request exceeds your quota")
-            return 401
+            return self._refuse("quota_exceeded")
         fake._sleep(fake.latency)
-        fmt = req.query.get("output_format", "mp3_44100_128")
         data, ctype = fake._audio(fmt, float(duration or 1.0))
         headers = {"character-cost": cost, "request-id": uuid.uuid4().hex, **limit}
         self._send(200, data, headers, ctype)

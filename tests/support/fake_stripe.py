@@ -7,27 +7,33 @@ Sessions, billing portal sessions, Billing Meter events (with the duplicate-iden
 on subscription items and `proration_behavior`. Customers are forwarded to a localstripe process when
 one is given (`forward_to`), so the customer objects come from a real Stripe emulator.
 
+Every object it answers with is built by tests/support/stripe_objects.py, from Stripe's published
+example objects, at today's API version: periods on subscription items, invoices pointing at their
+subscription through `parent.subscription_details`, decimal strings on prices, plans, invoice lines
+and checkout sessions. Stored objects hold Stripe's fields only; what a test needs to know about the
+requests is in `requests` (`calls`).
+
 Test controls are plain methods (same process): `complete_checkout`, `renew`, `fail_payment`,
-`pay_open_invoice`, `end_subscription`, `event` (build an event to sign), `fail_meter_events`.
+`pay_open_invoice`, `update` (a change made in the customer portal), `end_subscription`, `event`
+(build an event to sign), `fail_meter_events`.
 """
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.support import stripe_objects as so
+from tests.support.stripe_objects import new_id
+
 PERIOD = 30 * 86400
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
 
 
 def parse_form(body: str) -> dict[str, Any]:
@@ -69,9 +75,14 @@ class Recorded:
 
 @dataclass
 class FakeStripe:
-    """Threaded fake; its state is plain dicts guarded by one lock."""
+    """Threaded fake; its state is plain dicts guarded by one lock.
+
+    `catalogue` maps each price id the account sells to (unit amount in cents, metered?); a price not
+    in it is refused as Stripe refuses an unknown price.
+    """
 
     forward_to: str | None = None  # a localstripe base URL that serves /v1/customers
+    catalogue: Mapping[str, tuple[int, bool]] = field(default_factory=dict)
     customers: dict[str, dict] = field(default_factory=dict)
     sessions: dict[str, dict] = field(default_factory=dict)
     subscriptions: dict[str, dict] = field(default_factory=dict)
@@ -84,6 +95,7 @@ class FakeStripe:
         self.lock = threading.RLock()
         self.server: ThreadingHTTPServer | None = None
         self.clock = time.time
+        self._checkout_inputs: dict[str, dict] = {}  # what each session was created with
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "FakeStripe":
@@ -128,7 +140,8 @@ class FakeStripe:
 
     def reset(self) -> None:
         with self.lock:
-            for store in (self.customers, self.sessions, self.subscriptions, self.invoices, self.meter_events):
+            for store in (self.customers, self.sessions, self.subscriptions, self.invoices, self.meter_events,
+                          self._checkout_inputs):
                 store.clear()
             self.requests.clear()
             self.meter_failures = 0
@@ -178,11 +191,19 @@ class FakeStripe:
                 self.customers[body["id"]] = body
         return response.status, body
 
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _price(self, price_id: str) -> dict:
+        if price_id not in self.catalogue:
+            raise StripeFailure(400, "resource_missing", f"No such price: '{price_id}'")
+        amount, metered = self.catalogue[price_id]
+        return so.price(price_id, amount, metered=metered, created=self._now() - 90 * 86400)
+
     def _create_customer(self, form: dict) -> dict:
-        customer = {"id": new_id("cus"), "object": "customer", "email": form.get("email"),
-                    "metadata": form.get("metadata") or {}, "created": int(self.clock())}
-        self.customers[customer["id"]] = customer
-        return customer
+        created = so.customer(email=form.get("email"), metadata=form.get("metadata"), created=self._now())
+        self.customers[created["id"]] = created
+        return created
 
     def _get_customer(self, form: dict, customer_id: str) -> dict:
         return self._find(self.customers, customer_id, "customer")
@@ -192,16 +213,17 @@ class FakeStripe:
             raise StripeFailure(400, "parameter_invalid", "This fake only does subscription mode.")
         if not form.get("line_items") or not form.get("success_url"):
             raise StripeFailure(400, "parameter_missing", "line_items and success_url are required.")
+        prices = [self._price(line["price"]) for line in form["line_items"]]
         session_id = new_id("cs_test")
-        session = {"id": session_id, "object": "checkout.session", "mode": "subscription",
-                   "url": f"{self.url}/pay/{session_id}", "customer": form.get("customer"),
-                   "client_reference_id": form.get("client_reference_id"),
-                   "metadata": form.get("metadata") or {}, "line_items_in": form["line_items"],
-                   "subscription_data": form.get("subscription_data") or {},
-                   "success_url": form["success_url"], "cancel_url": form.get("cancel_url"),
-                   "status": "open", "payment_status": "unpaid", "subscription": None}
+        session = so.checkout_session(
+            session_id, url=f"{self.url}/pay/{session_id}", customer=form.get("customer"),
+            client_reference_id=form.get("client_reference_id"), metadata=form.get("metadata") or {},
+            success_url=form["success_url"], cancel_url=form.get("cancel_url"), created=self._now(),
+            amount_total=sum(p["unit_amount"] for p in prices if p["recurring"]["usage_type"] == "licensed"))
         self.sessions[session_id] = session
-        return _public(session)
+        self._checkout_inputs[session_id] = {"line_items": form["line_items"],
+                                             "subscription_data": form.get("subscription_data") or {}}
+        return session
 
     def _create_portal(self, form: dict) -> dict:
         customer = self._find(self.customers, form.get("customer", ""), "customer")
@@ -215,8 +237,8 @@ class FakeStripe:
         sub = self._find(self.subscriptions, sub_id, "subscription")
         if sub["status"] == "canceled":
             raise StripeFailure(400, "resource_missing", "A canceled subscription can only update its metadata.")
+        items = sub["items"]["data"]
         for item_in in form.get("items") or []:
-            items = sub["items"]["data"]
             if item_in.get("id"):
                 item = next((i for i in items if i["id"] == item_in["id"]), None)
                 if item is None:
@@ -224,20 +246,41 @@ class FakeStripe:
                 if item_in.get("deleted") == "true":
                     items.remove(item)
                 elif item_in.get("price"):
-                    item["price"] = {"id": item_in["price"], "object": "price"}
+                    price = self._price(item_in["price"])
+                    item.update(price=price, plan=so.plan_of(price),
+                                quantity=None if price["recurring"]["usage_type"] == "metered" else 1)
             else:
-                items.append(self._item(item_in["price"], sub["items"]["data"][0]))
+                like = items[0]
+                items.append(so.subscription_item(sub_id, self._price(item_in["price"]),
+                                                  like["current_period_start"], like["current_period_end"],
+                                                  created=self._now()))
         if "cancel_at_period_end" in form:
             sub["cancel_at_period_end"] = form["cancel_at_period_end"] == "true"
+        if "cancel_at" in form:
+            sub["cancel_at"] = self._cancel_at(sub, form["cancel_at"])
+        if "cancel_at_period_end" in form or "cancel_at" in form:
+            # Subscription.canceled_at in the spec: for a scheduled cancellation, the most recent request
+            scheduled = sub["cancel_at_period_end"] or sub["cancel_at"] is not None
+            sub["canceled_at"] = self._now() if scheduled else None
         if "metadata" in form:
             sub["metadata"].update(form["metadata"])
-        sub["last_proration_behavior"] = form.get("proration_behavior")
         return sub
+
+    @staticmethod
+    def _cancel_at(sub: dict, value: str) -> int | None:
+        """`cancel_at` takes a timestamp, "" (clear) or min/max_period_end (the items' period ends)."""
+        if value.isdigit():
+            return int(value)
+        ends = [i["current_period_end"] for i in sub["items"]["data"]]
+        choices = {"": None, "min_period_end": min(ends), "max_period_end": max(ends)}
+        if value not in choices:
+            raise StripeFailure(400, "parameter_invalid_integer", f"Invalid cancel_at: {value!r}")
+        return choices[value]
 
     def _cancel_subscription(self, form: dict, sub_id: str) -> dict:
         sub = self._find(self.subscriptions, sub_id, "subscription")
-        sub["status"] = "canceled"
-        sub["canceled_at"] = int(self.clock())
+        now = self._now()
+        sub.update(status="canceled", canceled_at=sub["canceled_at"] or now, ended_at=now)
         return sub
 
     def _list_invoices(self, form: dict) -> dict:
@@ -257,9 +300,10 @@ class FakeStripe:
         payload = form.get("payload") or {}
         if not form.get("event_name") or not payload.get("stripe_customer_id"):
             raise StripeFailure(400, "parameter_missing", "event_name and payload[stripe_customer_id] are required.")
+        # stripe/openapi openapi/fixtures3.json, resources["billing.meter_event"] (spec3 2026-07-29.dahlia)
         event = {"object": "billing.meter_event", "event_name": form["event_name"], "identifier": identifier,
                  "payload": payload, "timestamp": int(form.get("timestamp") or self.clock()),
-                 "created": int(self.clock()), "livemode": False}
+                 "created": self._now(), "livemode": False}
         self.meter_events[identifier] = event
         return event
 
@@ -269,11 +313,6 @@ class FakeStripe:
         return store[object_id]
 
     # -- test controls ---------------------------------------------------------------------------
-    def _item(self, price: str, like: dict | None = None, start: int | None = None) -> dict:
-        start = like["current_period_start"] if like else (start or int(self.clock()))
-        return {"id": new_id("si"), "object": "subscription_item", "price": {"id": price, "object": "price"},
-                "quantity": 1, "current_period_start": start, "current_period_end": start + PERIOD}
-
     def complete_checkout(self, session_id: str, days_ago: int = 15) -> tuple[dict, dict, dict]:
         """The customer paid: a subscription and its first paid invoice exist. Returns (session, sub, invoice).
 
@@ -282,83 +321,99 @@ class FakeStripe:
         """
         with self.lock:
             session = self.sessions[session_id]
-            customer = session["customer"] or self._create_customer({"email": None})["id"]
-            start = int(self.clock()) - days_ago * 86400
-            sub = {"id": new_id("sub"), "object": "subscription", "customer": customer, "status": "active",
-                   "cancel_at_period_end": False, "canceled_at": None,
-                   "metadata": dict(session["subscription_data"].get("metadata") or {}),
-                   "items": {"object": "list", "data": [self._item(li["price"], start=start)
-                                                        for li in session["line_items_in"]]}}
-            self.subscriptions[sub["id"]] = sub
-            invoice = self._invoice(sub, "paid", "subscription_create")
-            session.update(status="complete", payment_status="paid", customer=customer, subscription=sub["id"])
-            return _public(session), dict(sub), invoice
+            inputs = self._checkout_inputs[session_id]
+            customer = session["customer"] or self._create_customer({})["id"]
+            start = self._now() - days_ago * 86400
+            sub_id = new_id("sub")
+            items = [so.subscription_item(sub_id, self._price(line["price"]), start, start + PERIOD)
+                     for line in inputs["line_items"]]
+            sub = so.subscription(customer, items, subscription_id=sub_id, created=start,
+                                  metadata=inputs["subscription_data"].get("metadata"))
+            self.subscriptions[sub_id] = sub
+            # The first invoice gathers no earlier items: its period is the instant the subscription began.
+            invoice = self._invoice(sub, "paid", "subscription_create", (start, start), (start, start + PERIOD))
+            session.update(status="complete", payment_status="paid", customer=customer, subscription=sub_id)
+            return copy.deepcopy(session), copy.deepcopy(sub), invoice
 
-    def _invoice(self, sub: dict, status: str, reason: str) -> dict:
-        item = sub["items"]["data"][0]
-        invoice = {"id": new_id("in"), "object": "invoice", "customer": sub["customer"], "status": status,
-                   "number": f"SFX-{len(self.invoices) + 1:04d}", "currency": "usd",
-                   "amount_due": 2900, "amount_paid": 2900 if status == "paid" else 0,
-                   "period_start": item["current_period_start"], "period_end": item["current_period_end"],
-                   "created": int(self.clock()) + len(self.invoices), "billing_reason": reason,
-                   "attempt_count": 1, "hosted_invoice_url": f"{self.url}/invoice/{sub['id']}",
-                   "subscription": sub["id"],
-                   "parent": {"type": "subscription_details",
-                              "subscription_details": {"subscription": sub["id"], "metadata": dict(sub["metadata"])}}}
-        self.invoices[invoice["id"]] = invoice
-        return invoice
+    def _invoice(self, sub: dict, status: str, reason: str, period: tuple[int, int],
+                 lines_period: tuple[int, int]) -> dict:
+        created = self._now() + len(self.invoices)  # strictly increasing: the list is sorted by it
+        made = so.invoice(sub, status=status, billing_reason=reason, period_start=period[0],
+                          period_end=period[1], lines_period=lines_period, created=created,
+                          number=f"SFX-{len(self.invoices) + 1:04d}",
+                          hosted_url=f"{self.url}/invoice/{sub['id']}/{len(self.invoices) + 1}")
+        self.invoices[made["id"]] = made
+        sub["latest_invoice"] = made["id"]
+        return copy.deepcopy(made)
 
     def renew(self, sub_id: str, paid: bool = True) -> dict:
-        """The period rolls over; the renewal invoice is paid (or fails: past_due). Returns the invoice."""
+        """The period rolls over; the renewal invoice is paid (or fails: past_due). Returns the invoice.
+
+        As on Stripe, the renewal invoice's `period_start`/`period_end` are the period just billed (the
+        one that ended); its licensed lines and the subscription's items carry the new period.
+        """
         with self.lock:
             sub = self.subscriptions[sub_id]
-            start = int(self.clock()) - 1  # the old period has just ended
+            base = sub["items"]["data"][0]
+            start = self._now() - 1  # the old period has just ended
+            ended = (base["current_period_start"], start)
             for item in sub["items"]["data"]:
                 item["current_period_start"], item["current_period_end"] = start, start + PERIOD
             sub["status"] = "active" if paid else "past_due"
-            return self._invoice(sub, "paid" if paid else "open", "subscription_cycle")
+            return self._invoice(sub, "paid" if paid else "open", "subscription_cycle", ended,
+                                 (start, start + PERIOD))
+
+    def _open_invoice(self, sub_id: str) -> dict | None:
+        return next((i for i in self.invoices.values()
+                     if i["parent"]["subscription_details"]["subscription"] == sub_id and i["status"] == "open"),
+                    None)
 
     def fail_payment(self, sub_id: str) -> dict:
         """Another attempt at the open invoice fails (or a renewal fails when none is open)."""
         with self.lock:
             sub = self.subscriptions[sub_id]
-            open_invoice = next((i for i in self.invoices.values()
-                                 if i["subscription"] == sub_id and i["status"] == "open"), None)
+            open_invoice = self._open_invoice(sub_id)
             if open_invoice is None:
                 return self.renew(sub_id, paid=False)
             open_invoice["attempt_count"] += 1
+            open_invoice["next_payment_attempt"] = self._now() + 3 * 86400
             sub["status"] = "past_due"
-            return open_invoice
+            return copy.deepcopy(open_invoice)
 
     def pay_open_invoice(self, sub_id: str) -> dict:
         with self.lock:
-            invoice = next(i for i in self.invoices.values() if i["subscription"] == sub_id and i["status"] == "open")
-            invoice.update(status="paid", amount_paid=invoice["amount_due"])
+            invoice = self._open_invoice(sub_id)
+            now = self._now()
+            invoice.update(status="paid", amount_paid=invoice["amount_due"], amount_remaining=0,
+                           attempt_count=invoice["attempt_count"] + 1, next_payment_attempt=None,
+                           auto_advance=False)
+            invoice["status_transitions"]["paid_at"] = now
             self.subscriptions[sub_id]["status"] = "active"
-            return invoice
+            return copy.deepcopy(invoice)
+
+    def update(self, sub_id: str, form: dict) -> dict:
+        """A change made outside our API (the customer portal, the dashboard), with the API's parameters."""
+        with self.lock:
+            return copy.deepcopy(self._update_subscription(form, sub_id))
 
     def end_subscription(self, sub_id: str) -> dict:
-        """The period ended with `cancel_at_period_end` (or the subscription was canceled)."""
+        """The period ended with a scheduled cancellation (or the subscription was canceled)."""
         with self.lock:
-            return dict(self._cancel_subscription({}, sub_id))
+            return copy.deepcopy(self._cancel_subscription({}, sub_id))
 
     def fail_meter_events(self, times: int) -> None:
         with self.lock:
             self.meter_failures = times
 
-    def event(self, kind: str, obj: dict, created: int | None = None) -> dict:
-        """An event as Stripe would post it (snapshot payload), ready to sign and send."""
-        return {"id": new_id("evt"), "object": "event", "api_version": "2025-03-31.basil",
-                "created": created or int(self.clock()), "type": kind, "livemode": False,
-                "pending_webhooks": 1, "data": {"object": json.loads(json.dumps(obj))}}
+    def event(self, kind: str, obj: dict, created: int | None = None,
+              previous_attributes: dict | None = None) -> dict:
+        """An event as Stripe would post it (a snapshot of `obj`), ready to sign and send."""
+        return so.event(kind, json.loads(json.dumps(obj)), created=created or self._now(),
+                        previous_attributes=previous_attributes)
 
     def calls(self, path_prefix: str) -> list[Recorded]:
         with self.lock:
             return [r for r in self.requests if r.path.startswith(path_prefix)]
-
-
-def _public(session: dict) -> dict:
-    return {k: v for k, v in session.items() if k not in ("line_items_in", "subscription_data")}
 
 
 def _error(kind: str, code: str, message: str) -> dict:

@@ -1,8 +1,10 @@
 """The generation runner as the Celery task calls it: real PostgreSQL, real HTTP to a fake upstream."""
 from __future__ import annotations
 
+import io
 import time
 import uuid
+import wave
 from datetime import datetime, timedelta
 
 import pytest
@@ -556,4 +558,168 @@ def test_a_job_waits_while_every_key_cools_and_runs_when_one_recovers(user, make
     assert result.status == "succeeded" and job["attempts"] == 1
     waited = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])
     assert waited >= timedelta(seconds=0.9)
+    assert_ledger_balances(user.id)
+
+
+# -- upstream tiers and output formats ------------------------------------------------------------------
+def _formats_asked(fake) -> list[str]:
+    return [r.query["output_format"] for r in fake.requests if r.path == "/v1/sound-generation"]
+
+
+def _downloaded_wav(app, client, user, job_id) -> tuple[int, int, int, int]:
+    """(rate, channels, sample width, frames) of the job's stored WAV, fetched as the plugin would."""
+    response = user.get(f"/jobs/{job_id}/audio")
+    data = client.get(response.headers["Location"].removeprefix(app.config["API_BASE_URL"])).data
+    assert looks_like_wav(data)
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+
+
+@pytest.mark.parametrize("tier, asked", [
+    ("creator", ["pcm_44100", "mp3_44100_192"]),
+    ("starter", ["pcm_44100", "mp3_44100_192", "mp3_44100_128"]),
+    ("free", ["pcm_44100", "mp3_44100_192", "mp3_44100_128"]),
+])
+def test_a_wav_job_on_a_key_of_unknown_tier_is_retried_on_the_same_key_with_an_allowed_format(
+        app, client, user, make_runner, pool, eleven, fake_upstream, tier, asked):
+    fake_upstream.set_key("key-alpha-0001", tier=tier)
+    key, _ = pool.add("alpha", "key-alpha-0001")  # never probed: its tier is unknown
+    db.session.commit()
+    job_id = _job(user, prompt="rain", duration_seconds=1.0, output_format="wav")
+    # A limit of one attempt: the tier gate's refusals must not use the job up.
+    assert make_runner(eleven, max_attempts=1).run(job_id).status == "succeeded"
+    assert _formats_asked(fake_upstream) == asked
+    db.session.refresh(key)
+    assert (key.status, key.status_reason, key.cooldown_until, key.consecutive_failures) == (
+        ApiKeyStatus.ACTIVE, None, None, 0)
+    assert key.refused_formats == ",".join(sorted(asked[:-1]))
+    attempts = db.session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.started_at).all()
+    assert [a.outcome for a in attempts] == ["format_not_allowed"] * (len(asked) - 1) + ["succeeded"]
+    assert {a.api_key_id for a in attempts} == {key.id} and db.session.get(Job, job_id).attempts == len(asked)
+    rate, channels, width, frames = _downloaded_wav(app, client, user, job_id)
+    assert (rate, channels, width) == (44100, 1, 2) and 44100 <= frames <= 1.1 * 44100
+    assert user.get("/usage/current").get_json()["used"] == 1
+    assert_ledger_balances(user.id)
+    # The key remembers: the next WAV job asks for the allowed format at once.
+    fake_upstream.reset_counters()
+    assert make_runner(eleven).run(_job(user, output_format="wav")).status == "succeeded"
+    assert _formats_asked(fake_upstream) == asked[-1:]
+
+
+@pytest.mark.parametrize("tier, asked", [
+    ("pro", "pcm_44100"), ("creator", "mp3_44100_192"), ("starter", "mp3_44100_128"), ("free", "mp3_44100_128"),
+])
+def test_a_wav_job_on_a_probed_key_asks_only_for_what_its_tier_allows(
+        app, client, user, make_runner, pool, eleven, fake_upstream, tier, asked):
+    fake_upstream.set_key("key-alpha-0001", tier=tier)
+    key, _ = pool.add("alpha", "key-alpha-0001")
+    assert pool.probe(key, eleven)["tier"] == tier
+    db.session.commit()
+    job_id = _job(user, duration_seconds=0.5, output_format="wav")
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+    assert _formats_asked(fake_upstream) == [asked]
+    assert _downloaded_wav(app, client, user, job_id)[:3] == (44100, 1, 2)
+    db.session.refresh(key)
+    assert key.status == ApiKeyStatus.ACTIVE and key.refused_formats is None
+
+
+def test_wav_jobs_over_a_pool_without_a_pro_key_disable_no_key(user, make_runner, pool, eleven, fake_upstream):
+    fake_upstream.set_key("key-charlie-0003", tier="free")
+    fake_upstream.set_key("key-bravo-0002", tier="starter")
+    keys = [pool.add(name, secret)[0] for name, secret in
+            (("alpha", "key-alpha-0001"), ("bravo", "key-bravo-0002"), ("charlie", "key-charlie-0003"))]
+    db.session.commit()
+    runner = make_runner(eleven)
+    assert [runner.run(_job(user, output_format="wav")).status for _ in range(4)] == ["succeeded"] * 4
+    for key in keys:
+        db.session.refresh(key)
+        assert key.status == ApiKeyStatus.ACTIVE and "pcm_44100" in key.refused_formats
+    assert_ledger_balances(user.id)
+
+
+def test_a_key_refusing_even_the_baseline_format_is_parked_not_disabled(user, make_runner, pool, eleven,
+                                                                        fake_upstream):
+    first, _ = pool.add("first", "key-alpha-0001")
+    db.session.commit()
+    pool.add("second", "key-bravo-0002")
+    db.session.commit()
+    fake_upstream.script("key-alpha-0001", [("upstream", "output_format_not_allowed")])
+    assert make_runner(eleven).run(_job(user)).status == "succeeded"  # an mp3 job: mp3_44100_128 only
+    db.session.refresh(first)
+    assert first.status == ApiKeyStatus.RATE_LIMITED and "refused every output format" in first.status_reason
+    assert first.refused_formats is None  # the baseline is never remembered as refused
+
+
+@pytest.mark.parametrize("step, status, code, expected", [
+    (("upstream", "invalid_api_key"), 401, "invalid_api_key", ApiKeyStatus.DISABLED),
+    (("upstream", "revoked_api_key"), 400, "invalid_api_key", ApiKeyStatus.DISABLED),
+    (("upstream", "missing_permissions"), 401, "missing_permissions", ApiKeyStatus.DISABLED),
+    (("upstream", "quota_exceeded"), 401, "quota_exceeded", ApiKeyStatus.RATE_LIMITED),
+    (("upstream", "concurrent_limit_exceeded"), 429, "concurrent_limit_exceeded", ApiKeyStatus.RATE_LIMITED),
+])
+def test_each_key_failure_in_the_newer_shape_moves_the_call_to_another_key(
+        user, make_runner, pool, eleven, fake_upstream, step, status, code, expected):
+    first, _ = pool.add("first", "key-alpha-0001")
+    db.session.commit()
+    pool.add("second", "key-bravo-0002")
+    db.session.commit()
+    fake_upstream.script("key-alpha-0001", [step])
+    job_id = _job(user)
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+    db.session.refresh(first)
+    assert first.status == expected
+    assert code in (first.status_reason or "") or expected == ApiKeyStatus.RATE_LIMITED
+    attempts = db.session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.started_at).all()
+    assert [(a.http_status, a.upstream_code) for a in attempts] == [(status, code), (200, None)]
+    assert_ledger_balances(user.id)
+
+
+def test_a_revoked_key_is_disabled_once_and_no_later_job_draws_it(user, make_runner, pool, eleven, fake_upstream):
+    fake_upstream.set_key("key-alpha-0001", revoked=True)  # answers 400 authentication_error
+    revoked, _ = pool.add("revoked", "key-alpha-0001")
+    db.session.commit()
+    pool.add("bravo", "key-bravo-0002")
+    db.session.commit()
+    runner = make_runner(eleven)
+    assert [runner.run(_job(user)).status for _ in range(3)] == ["succeeded"] * 3
+    db.session.refresh(revoked)
+    assert (revoked.status, revoked.status_reason) == (ApiKeyStatus.DISABLED, "upstream answered invalid_api_key")
+    assert fake_upstream.calls_by_key["key-alpha-0001"] == 1
+
+
+def test_a_key_without_the_generation_permission_leaves_generation(user, make_runner, pool, eleven, fake_upstream):
+    fake_upstream.set_key("key-alpha-0001", permissions={"user_read"})
+    restricted, _ = pool.add("restricted", "key-alpha-0001")
+    db.session.commit()
+    pool.add("bravo", "key-bravo-0002")
+    db.session.commit()
+    runner = make_runner(eleven)
+    assert [runner.run(_job(user)).status for _ in range(2)] == ["succeeded"] * 2
+    db.session.refresh(restricted)
+    assert restricted.status == ApiKeyStatus.DISABLED and "missing_permissions" in restricted.status_reason
+    assert fake_upstream.calls_by_key["key-alpha-0001"] == 1
+
+
+def test_upstream_rate_limit_in_the_newer_shape_backs_off(user, make_runner, pool, eleven, fake_upstream):
+    key, _ = pool.add("busy", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("upstream", "rate_limit_exceeded", {"Retry-After": "9"})])
+    result = make_runner(eleven).run(_job(user))
+    assert result.action == "retry" and result.delay >= 9
+    db.session.refresh(key)
+    assert key.status == ApiKeyStatus.RATE_LIMITED and "rate_limit_exceeded" in key.status_reason
+
+
+def test_upstream_400_validation_error_fails_the_job_and_refunds_without_a_key_fault(
+        user, make_runner, pool, eleven, fake_upstream):
+    key, _ = pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("upstream", "invalid_parameters")])
+    job_id = _job(user)
+    assert make_runner(eleven).run(job_id).status == "failed"
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["error"]["code"] == "upstream_rejected" and body["attempts"] == 1
+    assert user.get("/usage/current").get_json()["remaining"] == 10
+    db.session.refresh(key)
+    assert (key.status, key.status_reason, key.consecutive_failures) == (ApiKeyStatus.ACTIVE, None, 0)
     assert_ledger_balances(user.id)
