@@ -54,6 +54,7 @@ class SpooledUploads:
         meta = {"job_id": str(job.id), "content_type": audio.content_type, "extension": audio.extension,
                 "upstream_cost": audio.upstream_cost, "upstream_request_id": audio.upstream_request_id,
                 "http_status": audio.http_status, "latency_ms": audio.latency_ms,
+                "upstream_format": audio.upstream_format,
                 "called_at": (self.clock() - timedelta(milliseconds=audio.latency_ms or 0)).isoformat(),
                 # Counting this call: a later delivery compares it with the row to see if the call was recorded.
                 "attempts": job.attempts,
@@ -90,7 +91,8 @@ class SpooledUploads:
         audio = GeneratedAudio(data=data, content_type=meta["content_type"], extension=meta["extension"],
                                upstream_cost=meta.get("upstream_cost"),
                                upstream_request_id=meta.get("upstream_request_id"),
-                               http_status=meta.get("http_status"), latency_ms=meta.get("latency_ms"))
+                               http_status=meta.get("http_status"), latency_ms=meta.get("latency_ms"),
+                               upstream_format=meta.get("upstream_format"))
         key_id = _uuid_or_none(meta.get("key_id"))
         if key_id is not None and self.session.get(ApiKey, key_id) is None:
             key_id = None  # deleted since: the attempt and usage rows must not point at it

@@ -723,3 +723,24 @@ def test_upstream_400_validation_error_fails_the_job_and_refunds_without_a_key_f
     db.session.refresh(key)
     assert (key.status, key.status_reason, key.consecutive_failures) == (ApiKeyStatus.ACTIVE, None, 0)
     assert_ledger_balances(user.id)
+
+
+def test_a_wav_job_whose_worker_died_after_a_tier_gate_and_the_call_is_finished_from_the_spool(
+        app, client, user, make_runner, pool, eleven, fake_upstream):
+    fake_upstream.set_key("key-alpha-0001", tier="creator")
+    key, _ = pool.add("alpha", "key-alpha-0001")  # never probed: the first format asked is refused
+    db.session.commit()
+    job_id = _job(user, prompt="rain", duration_seconds=1.0, output_format="wav")
+    crashing = _FlakyStorage(app.extensions["sfx"].storage, failures=0, crash_on=1)
+    _die_then_expire_lease(lambda: make_runner(eleven, storage=crashing).run(job_id), job_id)
+    assert db.session.get(Job, job_id).attempts == 1  # the refusal was committed, the good call was not
+
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+
+    assert _formats_asked(fake_upstream) == ["pcm_44100", "mp3_44100_192"]  # nothing asked again
+    assert [a.outcome for a in _attempts(job_id)] == ["format_not_allowed", "succeeded"]
+    assert db.session.get(Job, job_id).attempts == 2
+    rate, channels, width, frames = _downloaded_wav(app, client, user, job_id)
+    assert (rate, channels, width) == (44100, 1, 2) and 44100 <= frames <= 1.1 * 44100
+    assert pool.loads() == {}
+    assert_ledger_balances(user.id)
