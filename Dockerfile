@@ -33,7 +33,7 @@ COPY --chown=root:root workers ./workers
 COPY --chown=root:root migrations ./migrations
 COPY --chown=root:root scripts ./scripts
 # The only places the processes write: the instance folder and the metrics folder of gunicorn.
-RUN mkdir -p /app/instance /tmp/sfx-metrics && chown sfx:sfx /app/instance /tmp/sfx-metrics
+RUN mkdir -p /app/instance/spool /tmp/sfx-metrics && chown sfx:sfx /app/instance /app/instance/spool /tmp/sfx-metrics
 USER sfx
 EXPOSE 3000
 # The API's liveness; docker-compose.yml gives the worker, beat and Flower their own checks.

@@ -199,6 +199,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or None,
         "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or None,
         "DOWNLOAD_URL_TTL_SECONDS": _int(env, "DOWNLOAD_URL_TTL_SECONDS", 900),
+        # Generated audio waits here (on the worker's host) until it is in the store: a failed upload is
+        # retried from it, and a redelivery after a worker died uploads it instead of buying the sound again.
+        "SPOOL_DIR": str(Path(env.get("SPOOL_DIR") or instance / "spool").resolve()),
+        "STORAGE_RETRY_BASE_SECONDS": _float(env, "STORAGE_RETRY_BASE_SECONDS", 2.0),
+        "STORAGE_RETRY_MAX_SECONDS": _float(env, "STORAGE_RETRY_MAX_SECONDS", 30.0),
         # plans and billing
         "TRIAL_GENERATION_LIMIT": _int(env, "TRIAL_GENERATION_LIMIT", 10),
         # What upstream usage costs us, for the admin revenue and margin figures (cents per 1000 credits).

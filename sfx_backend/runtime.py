@@ -14,6 +14,7 @@ from .models import utcnow
 from .providers.base import SoundProvider
 from .services.users import make_hasher
 from .storage.base import Storage
+from .storage.spool import AudioSpool
 
 
 class JobQueue(Protocol):
@@ -28,6 +29,7 @@ class Runtime:
     hasher: PasswordHasher
     clock: Callable[[], datetime]
     job_queue: JobQueue | None = None
+    spool: AudioSpool | None = None
 
 
 def build_storage(cfg: dict[str, Any]) -> Storage:
@@ -62,7 +64,7 @@ def build_cipher(cfg: dict[str, Any]) -> KeyCipher | None:
 def build_runtime(cfg: dict[str, Any]) -> Runtime:
     return Runtime(storage=build_storage(cfg), provider=build_provider(cfg), cipher=build_cipher(cfg),
                    hasher=make_hasher(cfg.get("ARGON2_TIME_COST", 3), cfg.get("ARGON2_MEMORY_KIB", 65536)),
-                   clock=utcnow)
+                   clock=utcnow, spool=AudioSpool(Path(cfg["SPOOL_DIR"])))
 
 
 def runtime() -> Runtime:

@@ -16,7 +16,9 @@ def runner_settings() -> RunnerSettings:
                           key_lease_seconds=cfg["KEY_LEASE_SECONDS"],
                           max_queue_wait_seconds=cfg["MAX_QUEUE_WAIT_SECONDS"],
                           capacity_poll_seconds=cfg["CAPACITY_POLL_SECONDS"],
-                          capacity_wait_inline_seconds=cfg["CAPACITY_WAIT_INLINE_SECONDS"])
+                          capacity_wait_inline_seconds=cfg["CAPACITY_WAIT_INLINE_SECONDS"],
+                          storage_retry_base_seconds=cfg["STORAGE_RETRY_BASE_SECONDS"],
+                          storage_retry_max_seconds=cfg["STORAGE_RETRY_MAX_SECONDS"])
 
 
 def build_key_pool() -> KeyPool:
@@ -29,4 +31,5 @@ def build_key_pool() -> KeyPool:
 def build_runner() -> GenerationRunner:
     """A runner on the app's session, provider, storage and key pool."""
     rt = runtime()
-    return GenerationRunner(db.session, rt.provider, rt.storage, build_key_pool(), rt.clock, runner_settings())
+    return GenerationRunner(db.session, rt.provider, rt.storage, build_key_pool(), rt.clock, runner_settings(),
+                            spool=rt.spool)

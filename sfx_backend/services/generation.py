@@ -27,8 +27,10 @@ from .. import metrics
 from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
+from ..storage.spool import AudioSpool
 from . import billing_usage, notifications, quota
 from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
+from .spooled_upload import SpooledUploads, elapsed_ms
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,9 @@ class RunnerSettings:
     capacity_poll_seconds: float = 5.0  # countdown before the next delivery when the inline wait ran out
     capacity_wait_inline_seconds: float = 20.0  # how long a worker thread waits for a free slot itself
     capacity_check_interval: float = 0.05
-    storage_tries: int = 3
+    # Between upload tries of audio already generated (the worker thread waits, the job keeps its lease).
+    storage_retry_base_seconds: float = 2.0
+    storage_retry_max_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,13 @@ def storage_key_for(job: Job, extension: str) -> str:
     return f"audio/{job.user_id}/{job.id}.{extension}"
 
 
-class GenerationRunner:
+class GenerationRunner(SpooledUploads):
     def __init__(self, session: Session, provider: SoundProvider, storage: Storage,
                  key_pool: KeyPool | None, clock: Callable[[], datetime],
                  settings: RunnerSettings = RunnerSettings(),
                  sleep: Callable[[float], None] = time.sleep,
-                 wait_for_slot: Callable[[float], None] = slot_freed.wait) -> None:
+                 wait_for_slot: Callable[[float], None] = slot_freed.wait,
+                 spool: AudioSpool | None = None) -> None:
         self.session = session
         self.provider = provider
         self.storage = storage
@@ -102,6 +107,7 @@ class GenerationRunner:
         self.settings = settings
         self.sleep = sleep
         self.wait_for_slot = wait_for_slot
+        self.spool = spool
 
     # -- the one public step ---------------------------------------------------------------------
     def run(self, job_id: uuid.UUID) -> RunResult:
@@ -110,6 +116,9 @@ class GenerationRunner:
         if job is None:
             return RunResult.done()
         extra = {"job_id": str(job.id), "user_id": str(job.user_id), "request_id": job.request_id}
+        resumed = self._resume_spooled(job, extra)  # an earlier delivery's paid-for audio: never buy it twice
+        if resumed is not None:
+            return resumed
         tried: set[uuid.UUID] = set()
         while True:
             key: LeasedKey | None = None
@@ -213,6 +222,7 @@ class GenerationRunner:
     def _heartbeat(self, job: Job, key: LeasedKey | None) -> Iterator[None]:
         """Renew the job's lease and the key slot's lease while the upstream call runs."""
         stop = threading.Event()
+        job_id = job.id  # read here: the beat thread must never load an expired job on this session
         engine = self.session.get_bind()
         interval = max(min(self.settings.key_lease_seconds, self.settings.lease_seconds) / 3, 0.05)
 
@@ -221,10 +231,10 @@ class GenerationRunner:
                 try:
                     with engine.begin() as conn:
                         renew_leases(conn, self.clock(), key.lease_id if key else None,
-                                     timedelta(seconds=self.settings.key_lease_seconds), job.id,
+                                     timedelta(seconds=self.settings.key_lease_seconds), job_id,
                                      timedelta(seconds=self.settings.lease_seconds))
                 except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
-                    log.warning("lease renewal failed", exc_info=True, extra={"job_id": str(job.id)})
+                    log.warning("lease renewal failed", exc_info=True, extra={"job_id": str(job_id)})
 
         beating = _heartbeats.submit(beat)
         try:
@@ -234,7 +244,7 @@ class GenerationRunner:
             try:
                 beating.result(5)
             except FutureTimeout:
-                log.warning("lease renewal did not stop in time", extra={"job_id": str(job.id)})
+                log.warning("lease renewal did not stop in time", extra={"job_id": str(job_id)})
 
     def _generate(self, job: Job, key: LeasedKey | None, extra: dict) -> GeneratedAudio:
         """One generation on `key`, in the upstream format its tier allows.
@@ -315,39 +325,49 @@ class GenerationRunner:
 
     def _store_and_finish(self, job: Job, key: LeasedKey | None, audio: GeneratedAudio,
                           extra: dict) -> RunResult:
-        """Upload, then record the attempt, free the key slot and settle in one durable transaction.
+        """Spool, upload, then record the attempt, free the key slot and settle in one durable transaction.
 
-        Nothing is written before the upload, so no transaction stays open across it. The slot stays
-        leased through the upload and the settle: freeing it before the upload took a commit of its
-        own on every job's path, and measured slower in both the pipeline and the saturation bench
-        (bench/README.md).
+        Nothing is written to the database before the upload, so no transaction stays open across it. The
+        slot stays leased through the first upload and the settle: freeing it before the upload took a
+        commit of its own on every job's path, and measured slower in both the pipeline and the saturation
+        bench (bench/README.md). The audio is spooled first (a local file: a fraction of a millisecond), so
+        from here on this job never calls the upstream again: a failed upload is retried on its own
+        (`_retry_upload`), and a delivery after this worker died uploads the spool (`_resume_spooled`).
         """
+        self._spool_audio(job, key, audio, extra)
+        return self._upload(job, key, key.id if key else None, audio, extra)
+
+    def _upload(self, job: Job, key: LeasedKey | None, key_id: uuid.UUID | None, audio: GeneratedAudio,
+                extra: dict) -> RunResult:
+        """Store the audio and finish the job; a failed upload goes on to `_retry_upload`."""
         object_key = storage_key_for(job, audio.extension)
-        for attempt in range(1, self.settings.storage_tries + 1):
-            try:
+        started = time.monotonic()
+        try:
+            # The heartbeat covers the upload as well: a store that hangs must not let the job's lease
+            # lapse (another delivery would buy the sound again) nor the slot's (the key would oversubscribe).
+            with self._heartbeat(job, key):
                 self.storage.put(object_key, audio.data, audio.content_type)
-                break
-            except StorageError as exc:
-                log.warning("storage upload failed", extra={**extra, "event": "storage_error",
-                                                           "try": attempt, "error": str(exc)[:200]})
-                if attempt == self.settings.storage_tries:
-                    # The audio is lost with this delivery; a later one generates it again.
-                    self._release(key)
-                    result = self._requeue(job, "retrying_after_storage_error", self._backoff(attempt, None))
-                    if key is not None:
-                        slot_freed.notify()
-                    return result
-                self.sleep(min(0.5 * attempt, 2.0))
+        except StorageError as error:
+            return self._retry_upload(job, key, key_id, audio, object_key, error, elapsed_ms(started), extra)
+        return self._finish_stored(job, key, key_id, audio, object_key, extra)
+
+    def _finish_stored(self, job: Job, key: LeasedKey | None, key_id: uuid.UUID | None, audio: GeneratedAudio,
+                       object_key: str, extra: dict) -> RunResult:
+        """The audio is stored: free the slot (if still held), settle and finish in one durable transaction."""
+        job_id = job.id
         now = self.clock()
         self._release(key)
         if not self._lock_unfinished(job, JobStatus.RUNNING):
+            finished, status = job.is_finished, job.status.value
             self.session.commit()
             if key is not None:
                 slot_freed.notify()
-            return RunResult.done(job.status.value)
+            if finished:
+                self._discard_spool(job_id)
+            return RunResult.done(status)
         if quota.settle(self.session, job, now):
             self.session.add(ApiUsage(
-                user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
+                user_id=job.user_id, job_id=job.id, api_key_id=key_id,
                 provider=self.provider.name, prompt=job.prompt, duration_seconds=job.duration_seconds,
                 influence_level=job.prompt_influence, success=True, cost_cents=0,
                 upstream_credits=audio.upstream_cost,
@@ -361,6 +381,7 @@ class GenerationRunner:
         self.session.commit()
         if key is not None:
             slot_freed.notify()
+        self._discard_spool(job_id)
         metrics.job_finished(job)
         log.info("job succeeded", extra={**extra, "event": "job_succeeded", "key": key.name if key else None,
                                          "size_bytes": len(audio.data), "attempts": job.attempts})
@@ -397,18 +418,19 @@ class GenerationRunner:
         self.session.refresh(job)
         return RunResult("retry", delay, JobStatus.QUEUED.value) if changed else RunResult.done(job.status.value)
 
-    def _fail(self, job: Job, code: str, message: str, key: LeasedKey | None) -> RunResult:
-        """Mark the job failed and return its unit, in one transaction."""
+    def _fail(self, job: Job, code: str, message: str, key: LeasedKey | None, *,
+              api_key_id: uuid.UUID | None = None, upstream_credits: int | None = None) -> RunResult:
+        """Mark the job failed and return its unit, in one transaction (credits: what the upstream billed)."""
         now = self.clock()
         if not self._lock_unfinished(job, JobStatus.RUNNING, JobStatus.QUEUED):
             self.session.commit()
             return RunResult.done(job.status.value)
         if quota.refund(self.session, job, now):
             self.session.add(ApiUsage(
-                user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else None,
+                user_id=job.user_id, job_id=job.id, api_key_id=key.id if key else api_key_id,
                 provider=self.provider.name, prompt=job.prompt, duration_seconds=job.duration_seconds,
                 influence_level=job.prompt_influence, success=False, cost_cents=0, error_code=code,
-                created_at=now))
+                upstream_credits=upstream_credits, created_at=now))
         job.status, job.error_code, job.error_message = JobStatus.FAILED, code, message
         job.finished_at, job.lease_until, job.queue_reason = now, None, None
         self.session.commit()
@@ -419,17 +441,28 @@ class GenerationRunner:
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
                         upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
-        now = self.clock()
-        started = now - timedelta(milliseconds=latency_ms or 0)
-        job.attempts += 1
         metrics.upstream_call(key and key.name, outcome, upstream_code or http_status, latency_ms)
-        self.session.add(JobAttempt(job_id=job.id, api_key_id=key.id if key else None,
-                                    provider=self.provider.name, started_at=started,
-                                    latency_ms=latency_ms, http_status=http_status,
+        self._count_attempt(job, key.id if key else None, outcome, latency_ms, http_status=http_status,
+                            upstream_code=upstream_code, cost=cost)
+
+    def _count_attempt(self, job: Job, key_id: uuid.UUID | None, outcome: str, latency_ms: int | None, *,
+                       http_status: int | None = None, upstream_code: str | None = None, cost: int | None = None,
+                       started_at: datetime | None = None) -> None:
+        """One of the job's attempts, in `jobs.attempts` and `job_attempts` (no metric: callers decide)."""
+        started = started_at or self.clock() - timedelta(milliseconds=latency_ms or 0)
+        job.attempts += 1
+        self.session.add(JobAttempt(job_id=job.id, api_key_id=key_id, provider=self.provider.name,
+                                    started_at=started, latency_ms=latency_ms, http_status=http_status,
                                     upstream_code=upstream_code, upstream_cost=cost, outcome=outcome))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
-        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempt - 1))
+    def _backoff(self, attempt: int, retry_after: float | None, base: float | None = None,
+                 cap: float | None = None) -> float:
+        """Exponential backoff with full jitter, never shorter than the upstream's Retry-After.
+
+        `base` and `cap` default to the job retry settings (JOB_RETRY_BASE_SECONDS, JOB_RETRY_MAX_SECONDS).
+        """
+        base = self.settings.retry_base_seconds if base is None else base
+        cap = self.settings.retry_max_seconds if cap is None else cap
+        ceiling = min(cap, base * 2 ** (attempt - 1))
         delay = random.uniform(ceiling / 2, ceiling)
         return max(delay, retry_after or 0.0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -69,39 +70,75 @@ def test_a_redis_restart_with_jobs_in_flight_loses_no_job(app, database_url, tmp
             assert_ledger_balances(p.user_id)
 
 
-def test_an_object_store_that_is_down_then_back_delays_the_job_without_losing_it(
-        app, database_url, tmp_path, encryption_key, redis_db):
+@contextmanager
+def _store_down(database_url, tmp_path, encryption_key, redis_db, secret: str):
+    """A pipeline on the fake upstream whose S3 store (nanio) has its bucket but is stopped; quick upload retries."""
     store = NanioServer()
     store.start()
     try:
-        p = Pipeline(database_url, tmp_path, encryption_key, f"redis://127.0.0.1:6379/{redis_db}",
-                     SFX_PROVIDER="synth", STORAGE_BACKEND="s3", S3_ENDPOINT_URL=store.endpoint_url,
-                     S3_BUCKET="fault-audio", AWS_ACCESS_KEY_ID=store.access_key,
-                     AWS_SECRET_ACCESS_KEY=store.secret_key)
-        with p.context():
-            p.app.extensions["sfx"].storage.ensure_bucket()
-            store.stop()
-            p.worker()
-            headers = p.register()
-            [job_id] = p.submit(headers)
-
-            def waiting_on_storage():
-                body = p.client.get(f"/jobs/{job_id}", headers=headers).get_json()
-                return body["queue_reason"] == "retrying_after_storage_error"
-            wait_for(waiting_on_storage, 60, what="the job to wait for the store")
-            assert _used(p, headers) == 0
-            store.start()
-            try:
-                [job] = p.wait_finished(headers, [job_id], 60)
-            finally:
-                p.stop_all()
-            assert job["status"] == "succeeded"
-            download = requests.get(job["audio"]["url"], timeout=5)
-            assert download.status_code == 200 and len(download.content) == job["audio"]["size_bytes"]
-            assert _used(p, headers) == 1
-            assert_ledger_balances(p.user_id)
+        with FakeElevenLabs(keys={secret: 5}) as upstream:
+            p = Pipeline(database_url, tmp_path, encryption_key, f"redis://127.0.0.1:6379/{redis_db}", upstream.url,
+                         ELEVEN_LABS_API_KEYS=secret, STORAGE_BACKEND="s3", S3_ENDPOINT_URL=store.endpoint_url,
+                         S3_BUCKET="fault-audio", AWS_ACCESS_KEY_ID=store.access_key,
+                         AWS_SECRET_ACCESS_KEY=store.secret_key, JOB_MAX_ATTEMPTS="100",
+                         STORAGE_RETRY_BASE_SECONDS="0.2", STORAGE_RETRY_MAX_SECONDS="0.5")
+            with p.context():
+                p.app.extensions["sfx"].storage.ensure_bucket()
+                store.stop()
+                yield p, store, upstream
     finally:
         store.close()
+
+
+def _once_attempted(p: Pipeline, headers, job_id: str, attempts: int) -> dict | None:
+    """The job object once it has made `attempts` attempts, else None."""
+    job = p.client.get(f"/jobs/{job_id}", headers=headers).get_json()
+    return job if job["attempts"] >= attempts else None
+
+
+def test_an_object_store_that_is_down_then_back_gets_the_one_sound_the_upstream_made(
+        app, database_url, tmp_path, encryption_key, redis_db):
+    with _store_down(database_url, tmp_path, encryption_key, redis_db, "fault-key-0003") as (p, store, upstream):
+        p.worker()
+        headers = p.register()
+        [job_id] = p.submit(headers)
+        # The call is made once; then only uploads are retried, the job running on its lease.
+        waiting = wait_for(lambda: _once_attempted(p, headers, job_id, 3), 60, what="two failed uploads")
+        assert waiting["status"] == "running" and waiting["queue_reason"] is None
+        assert _used(p, headers) == 0 and upstream.calls == 1
+        store.start()
+        try:
+            [job] = p.wait_finished(headers, [job_id], 60)
+        finally:
+            p.stop_all()
+        assert job["status"] == "succeeded"
+        assert upstream.calls == 1
+        download = requests.get(job["audio"]["url"], timeout=5)
+        assert download.status_code == 200 and len(download.content) == job["audio"]["size_bytes"]
+        assert _used(p, headers) == 1
+        assert_ledger_balances(p.user_id)
+        assert list((tmp_path / "instance" / "spool").glob("*.spool")) == []
+
+
+def test_a_worker_killed_while_the_store_is_down_leaves_the_sound_to_the_next_worker_on_its_host(
+        app, database_url, tmp_path, encryption_key, redis_db):
+    with _store_down(database_url, tmp_path, encryption_key, redis_db, "fault-key-0004") as (p, store, upstream):
+        doomed = p.worker()
+        headers = p.register()
+        [job_id] = p.submit(headers)
+        wait_for(lambda: _once_attempted(p, headers, job_id, 2), 60, what="a failed upload")
+        p.kill_worker(doomed)
+        store.start()
+        p.worker(beat=True)  # same host, same spool; beat's sweeper re-sends the orphaned job
+        try:
+            [job] = p.wait_finished(headers, [job_id], 60)
+        finally:
+            p.stop_all()
+        assert job["status"] == "succeeded"
+        assert upstream.calls == 1  # the new worker uploaded the spooled sound
+        assert _used(p, headers) == 1
+        assert_ledger_balances(p.user_id)
+        assert db.session.query(KeyLease).filter(KeyLease.expires_at > utcnow()).count() == 0
 
 
 def test_many_jobs_on_several_workers_never_exceed_any_keys_limit(

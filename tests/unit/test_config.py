@@ -25,3 +25,13 @@ def test_production_refuses_to_start_without_a_jwt_secret():
 
 def test_configured_upstream_keys_select_the_elevenlabs_provider():
     assert load_config({"ELEVEN_LABS_API_KEYS": "a, b"})["SFX_PROVIDER"] == "elevenlabs"
+
+
+def test_the_audio_spool_lives_under_the_instance_path_unless_configured(tmp_path):
+    cfg = load_config({"INSTANCE_PATH": str(tmp_path)})
+    assert cfg["SPOOL_DIR"] == str((tmp_path / "spool").resolve())
+    assert (cfg["STORAGE_RETRY_BASE_SECONDS"], cfg["STORAGE_RETRY_MAX_SECONDS"]) == (2.0, 30.0)
+    cfg = load_config({"INSTANCE_PATH": str(tmp_path), "SPOOL_DIR": str(tmp_path / "fast-disk"),
+                       "STORAGE_RETRY_BASE_SECONDS": "0.5", "STORAGE_RETRY_MAX_SECONDS": "4"})
+    assert cfg["SPOOL_DIR"] == str(tmp_path / "fast-disk")
+    assert (cfg["STORAGE_RETRY_BASE_SECONDS"], cfg["STORAGE_RETRY_MAX_SECONDS"]) == (0.5, 4.0)

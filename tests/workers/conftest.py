@@ -28,14 +28,17 @@ def pool(app):
 
 @pytest.fixture
 def make_runner(app, pool):
-    """A runner like the worker's, with a chosen provider and storage, and no real sleeping."""
+    """A runner like the worker's (the app's spool included), with a chosen provider and storage, and no
+    real sleeping."""
     rt = app.extensions["sfx"]
 
-    def _make(provider=None, storage=None, **settings) -> GenerationRunner:
+    def _make(provider=None, storage=None, sleep=None, **settings) -> GenerationRunner:
         settings.setdefault("retry_base_seconds", 0.01)
+        settings.setdefault("storage_retry_base_seconds", 0.01)
         settings.setdefault("capacity_wait_inline_seconds", 0)
         return GenerationRunner(db.session, provider or SynthProvider(), storage or rt.storage, pool,
-                                rt.clock, RunnerSettings(**settings), sleep=lambda s: None)
+                                rt.clock, RunnerSettings(**settings), sleep=sleep or (lambda s: None),
+                                spool=rt.spool)
     return _make
 
 

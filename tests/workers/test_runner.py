@@ -10,11 +10,13 @@ from datetime import datetime, timedelta
 import pytest
 import requests
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 
 from sfx_backend.extensions import db
 from sfx_backend.models import ApiKey, ApiKeyStatus, ApiUsage, Job, JobAttempt, JobStatus, utcnow
 from sfx_backend.providers.audio import looks_like_mp3, looks_like_wav
 from sfx_backend.storage.base import StorageError
+from sfx_backend.storage.spool import AudioSpool
 from tests.workers.conftest import assert_ledger_balances
 
 
@@ -236,53 +238,235 @@ def test_a_canceled_or_missing_job_is_left_alone(user, make_runner):
 
 
 class _FlakyStorage:
-    """Fails the first `failures` uploads, then delegates."""
+    """Fails the first `failures` uploads (every one with failures=None), then delegates.
+
+    `crash_on`: the upload of that number raises what a dying worker would leave behind (nothing caught).
+    `seen_leases`: the job's live key leases as another worker sees them, at each upload.
+    """
 
     name = "flaky"
 
-    def __init__(self, inner, failures):
-        self.inner, self.failures, self.calls = inner, failures, 0
+    def __init__(self, inner, failures: int | None, crash_on: int | None = None):
+        self.inner, self.failures, self.crash_on, self.calls = inner, failures, crash_on, 0
+        self.seen_leases: list[int] = []
 
     def put(self, key, data, content_type):
         self.calls += 1
-        if self.calls <= self.failures:
-            raise StorageError("store unreachable")
+        job_id = key.rsplit("/", 1)[-1].split(".")[0]
+        with db.engine.connect() as other:
+            self.seen_leases.append(other.execute(
+                sa.text("SELECT count(*) FROM key_leases WHERE job_id = :j"), {"j": job_id}).scalar())
+        if self.calls == self.crash_on:
+            raise _WorkerDied()
+        if self.failures is None or self.calls <= self.failures:
+            raise StorageError("S3 put of audio-bucket/x failed: EndpointConnectionError: http://10.0.0.9:9000")
         self.inner.put(key, data, content_type)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
 
-def test_a_storage_hiccup_is_retried_inline(app, user, make_runner):
+class _WorkerDied(BaseException):
+    """Stands in for a worker process killed mid-job: nothing in the runner handles it."""
+
+
+def _attempts(job_id) -> list[JobAttempt]:
+    db.session.expire_all()
+    return db.session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.started_at).all()
+
+
+def _upstream_calls_counted() -> float:
+    """Every upstream call the metric has counted in this process, whatever its labels."""
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "sfx_upstream_requests"
+               for sample in metric.samples if sample.name == "sfx_upstream_requests_total")
+
+
+def _die_then_expire_lease(run, job_id) -> None:
+    """Run until the simulated crash, drop what the dead process had not committed, let its lease lapse."""
+    with pytest.raises(_WorkerDied):
+        run()
+    db.session.rollback()
+    job = db.session.get(Job, job_id)
+    job.lease_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+
+
+def test_a_storage_hiccup_retries_only_the_upload_counting_each_failure_as_an_attempt(app, user, make_runner):
     storage = _FlakyStorage(app.extensions["sfx"].storage, failures=2)
-    assert make_runner(storage=storage).run(_job(user)).status == "succeeded"
-    assert storage.calls == 3
-
-
-def test_a_storage_outage_requeues_the_job_without_charging(app, user, make_runner):
-    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=3)
     job_id = _job(user)
-    result = make_runner(storage=storage).run(job_id)
-    assert result.action == "retry"
-    body = user.get(f"/jobs/{job_id}").get_json()
-    assert body["status"] == "queued" and body["queue_reason"] == "retrying_after_storage_error"
-    assert user.get("/usage/current").get_json()["used"] == 0
     assert make_runner(storage=storage).run(job_id).status == "succeeded"
+    assert storage.calls == 3
+    assert sorted(a.outcome for a in _attempts(job_id)) == ["storage_error", "storage_error", "succeeded"]
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["attempts"] == 3 and body["audio"]["size_bytes"] > 0
+    assert not app.extensions["sfx"].spool.path_for(job_id).exists()
     assert_ledger_balances(user.id)
 
 
-def test_a_storage_outage_after_a_keyed_call_records_the_attempt_and_frees_the_slot(
+def test_storage_failing_then_working_calls_the_upstream_once_and_frees_the_slot_at_the_first_failure(
+        app, user, make_runner, pool, eleven, fake_upstream):
+    key, _ = pool.add(f"alpha-{uuid.uuid4().hex[:6]}", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=3)
+    counted_before = _upstream_calls_counted()
+
+    assert make_runner(eleven, storage=storage).run(job_id).status == "succeeded"
+
+    assert fake_upstream.calls == 1
+    assert storage.calls == 4 and storage.seen_leases == [1, 0, 0, 0]
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "succeeded" and body["attempts"] == 1 + 3
+    attempts = _attempts(job_id)
+    upstream = [a for a in attempts if a.outcome == "succeeded"]
+    stored = [a for a in attempts if a.outcome == "storage_error"]
+    assert len(upstream) == 1 and upstream[0].api_key_id == key.id and upstream[0].upstream_cost
+    assert len(stored) == 3 and all(a.api_key_id is None and a.http_status is None for a in stored)
+    # The metric and the key's figures see one upstream call, not four.
+    assert _upstream_calls_counted() == counted_before + 1
+    from sfx_backend.services.key_stats import key_figures
+    figures = key_figures(db.session, pool, utcnow())[key.id]
+    assert figures["calls_today"] == 1 and figures["success_rate"] == 1.0
+    db.session.refresh(key)
+    assert key.status == ApiKeyStatus.ACTIVE and key.consecutive_failures == 0
+    usage = db.session.query(ApiUsage).one()
+    assert usage.success and usage.api_key_id == key.id and usage.upstream_credits == upstream[0].upstream_cost
+    assert user.get("/usage/current").get_json()["used"] == 1
+    assert pool.loads() == {}
+    assert_ledger_balances(user.id)
+
+
+def test_storage_that_never_works_fails_the_job_as_storage_unavailable_and_refunds(
+        app, user, make_runner, pool, eleven, fake_upstream, caplog):
+    key, _ = pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=None)
+    spool = app.extensions["sfx"].spool
+
+    with caplog.at_level("DEBUG"):
+        assert make_runner(eleven, storage=storage, max_attempts=5).run(job_id).status == "failed"
+
+    assert fake_upstream.calls == 1
+    assert storage.calls == 4  # the upstream call was attempt 1; four failed uploads make five
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "failed" and body["attempts"] == 5
+    assert body["error"]["code"] == "storage_unavailable"
+    for leaked in ("S3", "EndpointConnectionError", "10.0.0.9", "audio-bucket"):
+        assert leaked not in body["error"]["message"]
+    assert sorted(a.outcome for a in _attempts(job_id)) == ["storage_error"] * 4 + ["succeeded"]
+    usage = user.get("/usage/current").get_json()
+    assert (usage["used"], usage["reserved"], usage["remaining"]) == (0, 0, 10)
+    failure = db.session.query(ApiUsage).one()
+    assert failure.success is False and failure.error_code == "storage_unavailable"
+    assert failure.api_key_id == key.id and failure.upstream_credits  # what the lost sound cost upstream
+    assert pool.loads() == {} and storage.seen_leases == [1, 0, 0, 0]
+    assert not spool.path_for(job_id).exists()
+    logged = caplog.text + " ".join(" ".join(str(v) for v in vars(r).values()) for r in caplog.records)
+    assert "key-alpha-0001" not in logged
+    assert_ledger_balances(user.id)
+
+
+def test_upload_failures_that_use_up_the_attempts_left_fail_the_job(app, user, make_runner, pool, eleven,
+                                                                    fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [("status", 500, {"detail": "boom"})])
+    job_id = _job(user)
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=None)
+    runner = make_runner(eleven, storage=storage, max_attempts=3)
+    assert runner.run(job_id).action == "retry"  # attempt 1: the upstream failed
+    assert runner.run(job_id).status == "failed"  # attempt 2: the call worked; attempt 3: an upload failed
+    assert fake_upstream.calls == 2 and storage.calls == 1
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["attempts"] == 3 and body["error"]["code"] == "storage_unavailable"
+    assert_ledger_balances(user.id)
+
+
+def test_a_result_spooled_before_the_worker_died_is_uploaded_without_calling_the_upstream(
+        app, user, make_runner, pool, eleven, fake_upstream):
+    key, _ = pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user, prompt="glass shatter")
+    crashing = _FlakyStorage(app.extensions["sfx"].storage, failures=0, crash_on=1)
+    _die_then_expire_lease(lambda: make_runner(eleven, storage=crashing).run(job_id), job_id)
+    assert fake_upstream.calls == 1
+    assert app.extensions["sfx"].spool.path_for(job_id).exists()
+    assert db.session.get(Job, job_id).attempts == 0  # the dead delivery committed nothing of its call
+
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+
+    assert fake_upstream.calls == 1
+    body = user.get(f"/jobs/{job_id}").get_json()
+    assert body["attempts"] == 1 and body["audio"]["size_bytes"] > 0
+    [attempt] = _attempts(job_id)
+    assert attempt.outcome == "succeeded" and attempt.api_key_id == key.id and attempt.upstream_cost
+    usage = db.session.query(ApiUsage).one()
+    assert usage.upstream_credits == attempt.upstream_cost and usage.api_key_id == key.id
+    stored = app.extensions["sfx"].storage.get(db.session.get(Job, job_id).storage_key)
+    assert looks_like_mp3(stored) and len(stored) == body["audio"]["size_bytes"]
+    assert pool.loads() == {}
+    assert not app.extensions["sfx"].spool.path_for(job_id).exists()
+    assert_ledger_balances(user.id)
+
+
+def test_a_worker_that_died_between_upload_tries_leaves_a_spool_whose_call_is_not_recorded_twice(
         app, user, make_runner, pool, eleven, fake_upstream):
     pool.add("alpha", "key-alpha-0001")
     db.session.commit()
     job_id = _job(user)
-    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=3)
-    assert make_runner(eleven, storage=storage).run(job_id).action == "retry"
-    db.session.expire_all()
-    attempt = db.session.query(JobAttempt).filter_by(job_id=job_id).one()
-    assert attempt.outcome == "succeeded" and attempt.api_key_id is not None
-    assert db.session.get(Job, job_id).attempts == 1
-    assert pool.loads() == {}  # the call is over: its slot is free although the job is not done
+    crashing = _FlakyStorage(app.extensions["sfx"].storage, failures=1, crash_on=2)
+    _die_then_expire_lease(lambda: make_runner(eleven, storage=crashing).run(job_id), job_id)
+    assert db.session.get(Job, job_id).attempts == 2  # the call and the failed upload were committed
+
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+
+    assert fake_upstream.calls == 1
+    assert sorted(a.outcome for a in _attempts(job_id)) == ["storage_error", "succeeded"]
+    assert user.get(f"/jobs/{job_id}").get_json()["attempts"] == 2
+    assert_ledger_balances(user.id)
+
+
+def test_the_job_lease_is_kept_alive_while_the_runner_waits_between_upload_tries(
+        app, user, make_runner, pool, eleven, fake_upstream):
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    job_id = _job(user)
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=1)
+    seen = []
+
+    def slow_sleep(seconds: float) -> None:
+        time.sleep(2.5)  # more than twice the job's lease: only the heartbeat keeps it
+        with db.engine.connect() as other:
+            seen.append(other.execute(sa.text("SELECT status, lease_until > now() FROM jobs WHERE id = :j"),
+                                      {"j": job_id}).one())
+
+    runner = make_runner(eleven, storage=storage, sleep=slow_sleep, lease_seconds=1, key_lease_seconds=1)
+    assert runner.run(job_id).status == "succeeded"
+    assert seen == [("running", True)]
+    assert fake_upstream.calls == 1
+
+
+def test_an_unusable_spool_file_is_discarded_and_the_job_runs_as_usual(app, user, make_runner):
+    job_id = _job(user)
+    spool = app.extensions["sfx"].spool
+    spool.save(job_id, b"old audio", {"job_id": str(job_id), "content_type": "audio/mpeg", "extension": "mp3"})
+    path = spool.path_for(job_id)
+    path.write_bytes(path.read_bytes()[:-3])  # torn, as a host crash may leave it
+    assert make_runner().run(job_id).status == "succeeded"
+    stored = app.extensions["sfx"].storage.get(db.session.get(Job, job_id).storage_key)
+    assert looks_like_mp3(stored)
+    assert not path.exists()
+
+
+def test_a_spool_that_cannot_be_written_still_retries_the_upload(app, user, make_runner, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    app.extensions["sfx"].spool = AudioSpool(blocked / "spool")
+    storage = _FlakyStorage(app.extensions["sfx"].storage, failures=1)
+    job_id = _job(user)
+    assert make_runner(storage=storage).run(job_id).status == "succeeded"
+    assert storage.calls == 2 and user.get(f"/jobs/{job_id}").get_json()["attempts"] == 2
 
 
 def test_the_key_slot_is_held_through_the_upload_and_freed_with_the_settle(
@@ -538,4 +722,25 @@ def test_upstream_400_validation_error_fails_the_job_and_refunds_without_a_key_f
     assert user.get("/usage/current").get_json()["remaining"] == 10
     db.session.refresh(key)
     assert (key.status, key.status_reason, key.consecutive_failures) == (ApiKeyStatus.ACTIVE, None, 0)
+    assert_ledger_balances(user.id)
+
+
+def test_a_wav_job_whose_worker_died_after_a_tier_gate_and_the_call_is_finished_from_the_spool(
+        app, client, user, make_runner, pool, eleven, fake_upstream):
+    fake_upstream.set_key("key-alpha-0001", tier="creator")
+    key, _ = pool.add("alpha", "key-alpha-0001")  # never probed: the first format asked is refused
+    db.session.commit()
+    job_id = _job(user, prompt="rain", duration_seconds=1.0, output_format="wav")
+    crashing = _FlakyStorage(app.extensions["sfx"].storage, failures=0, crash_on=1)
+    _die_then_expire_lease(lambda: make_runner(eleven, storage=crashing).run(job_id), job_id)
+    assert db.session.get(Job, job_id).attempts == 1  # the refusal was committed, the good call was not
+
+    assert make_runner(eleven).run(job_id).status == "succeeded"
+
+    assert _formats_asked(fake_upstream) == ["pcm_44100", "mp3_44100_192"]  # nothing asked again
+    assert [a.outcome for a in _attempts(job_id)] == ["format_not_allowed", "succeeded"]
+    assert db.session.get(Job, job_id).attempts == 2
+    rate, channels, width, frames = _downloaded_wav(app, client, user, job_id)
+    assert (rate, channels, width) == (44100, 1, 2) and 44100 <= frames <= 1.1 * 44100
+    assert pool.loads() == {}
     assert_ledger_balances(user.id)
