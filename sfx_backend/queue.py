@@ -46,6 +46,9 @@ def make_celery(app: Flask) -> Celery:
         broker_url=broker,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # Beat's own bookkeeping goes in the instance folder, not the directory the command runs in
+        # (`celery -A workers beat` as typed would otherwise leave a schedule file in the checkout).
+        beat_schedule_filename=str(Path(cfg["INSTANCE_PATH"]) / "celerybeat-schedule"),
         task_default_queue=cfg["CELERY_QUEUE"],
         task_ignore_result=True,  # nobody reads task results: the job row is the result
         result_backend=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import uuid
 
@@ -78,6 +79,17 @@ def _run_jobs(p: Pipeline, upstream: FakeElevenLabs, metrics_port: int, log_path
         want = {"jobs": float(JOBS), "calls": float(JOBS)}
         wait_for(lambda: _worker_figures(metrics_port) == want, 10, what=f"the exporter to count {want}")
     finally:
+        # As an operator (or docker stop) does: SIGTERM to the main process only, a warm shutdown in
+        # which prefork children finish their tasks (the 80% email one of these jobs owes, say);
+        # a signal to the whole group would kill the children mid-task.
+        for process in p.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in p.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         p.stop_all()
     log = log_path.read_text()
     assert [j["status"] for j in jobs] == ["succeeded"] * JOBS, log[-6000:]
