@@ -18,7 +18,8 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     from . import auth as _auth  # noqa: F401 - registers the JWT callbacks
     from .api import register_blueprints
     from .errors import register_error_handlers
-    from .extensions import ProblemApi, db, jwt, limiter, migrate
+    from .api.common import ProblemApi
+    from .extensions import db, jwt, limiter, migrate
     from .logs import configure_logging
     from .queue import CeleryJobQueue, make_celery
     from .runtime import build_runtime
