@@ -44,7 +44,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     api = ProblemApi(app)  # one per app: its OpenAPI spec is built from this app's routes
     register_blueprints(app, api)
     register_error_handlers(app)
-    from .metrics import instrument_app
+    from .api.metrics import instrument_app
     instrument_app(app)  # request latency by route and status, for /metrics
 
     runtime = build_runtime(app.config)
