@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from sfx_backend import create_app  # noqa: E402
 from sfx_backend.extensions import db  # noqa: E402
 from sfx_backend.models import Job, JobStatus  # noqa: E402
-from sfx_backend.workers_support import build_key_pool  # noqa: E402
+from sfx_backend import wiring  # noqa: E402
 import requests  # noqa: E402
 
 from tests.support.postgres import pg_admin  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
             with app.app_context():
                 from flask_migrate import upgrade
                 upgrade()
-                pool = build_key_pool()
+                pool = wiring.current().key_pool()
                 for secret, limit in secrets.items():
                     pool.add(secret[-4:], secret, max_concurrency=limit)
                 db.session.commit()

@@ -9,18 +9,19 @@ import pytest
 from sfx_backend.extensions import db
 from sfx_backend.models import (ApiUsage, AuditEntry, AuthSession, Job, JobStatus, MonthlyUsage, Notification,
                                 QuotaState, StorageDeletion, User, utcnow)
-from sfx_backend.queue import PURGE_AUDIO_TASK
 from sfx_backend.services.accounts import PurgeIncomplete, purge_deleted_audio
+from sfx_backend.services.dispatch import PURGE_AUDIO_TASK
 from sfx_backend.storage.base import StorageError
-from tests.support.mail import RecordingSender
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-def sender(app) -> RecordingSender:
-    app.extensions["sfx_tasks"] = RecordingSender()
-    return app.extensions["sfx_tasks"]
+def sender(tasks) -> RecordingTasks:
+    """The app's recorded tasks, from this point on."""
+    tasks.sent.clear()
+    return tasks
 
 
 def _login(client, email, password):
