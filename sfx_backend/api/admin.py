@@ -87,7 +87,8 @@ def revenue(query):
 def set_status(body, user_id: uuid.UUID):
     """Set an account's status."""
     rt = runtime()
-    user = wiring.current().account_service().set_status(current_user, user_id, UserStatus(body["status"]), body["reason"],
+    accounts = wiring.current().account_service()
+    user = accounts.set_status(current_user, user_id, UserStatus(body["status"]), body["reason"],
                                getattr(g, "request_id", None))
     db.session.commit()
     return analytics.admin_user_items(db.session, plans.catalogue(current_app.config), rt.clock(), [user])[0]
