@@ -144,10 +144,11 @@ def main() -> None:
                 time.sleep(4)  # let the worker connect before the clock starts
                 if os.environ.get("BENCH_PROFILE"):
                     import subprocess
-                    profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
-                                                 os.environ["BENCH_PROFILE"], "--format", "raw", "-r", "50",
-                                                 "--pid", str(worker.pid), "--duration", "25"],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    # py-spy stops by itself after its --duration: nothing waits for it.
+                    subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
+                                      os.environ["BENCH_PROFILE"], "--format", "raw", "-r", "50",
+                                      "--pid", str(worker.pid), "--duration", "25"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 client = app.test_client()
                 token = client.post("/auth/register", json={"email": "bench@example.com",
                                                             "password": "bench-password"}).get_json()["access_token"]

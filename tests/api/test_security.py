@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import uuid
-from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
