@@ -121,7 +121,8 @@ def main() -> None:
         "ELEVEN_LABS_API_KEYS": "",
         "TRIAL_GENERATION_LIMIT": str(args.jobs * 2), "LOG_LEVEL": "warning", "RATELIMIT_ENABLED": "false",
         # One connection per worker thread, plus the heartbeats' and the pool lock's.
-        "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "5"), "DB_MAX_OVERFLOW": os.environ.get("BENCH_DB_MAX_OVERFLOW", "10"),
+        "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "5"),
+        "DB_MAX_OVERFLOW": os.environ.get("BENCH_DB_MAX_OVERFLOW", "10"),
     }
     from cryptography.fernet import Fernet
     env["KEY_ENCRYPTION_KEY"] = Fernet.generate_key().decode()

@@ -157,7 +157,8 @@ def test_passwords_are_hashed_with_argon2id_at_a_sane_cost(database_url, tmp_pat
     hasher = production_like.extensions["sfx"].hasher
     # OWASP's floor for argon2id is 19 MiB of memory with 2 passes; we run well above it.
     assert hasher.time_cost >= 2 and hasher.memory_cost >= 19 * 1024 and hasher.type.name == "ID"
-    assert hasher.hash("correct horse battery").startswith(f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
+    assert hasher.hash("correct horse battery").startswith(
+        f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
     stored = db.session.get(User, uuid.UUID(user.id)).password_hash
     assert stored.startswith("$argon2id$") and user.password not in stored
 
