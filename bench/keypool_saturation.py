@@ -86,7 +86,7 @@ def _diagnostics(args, elapsed: float) -> dict:
     # Upstream calls run in waves of `slots`: how much later than `latency` each wave's first call
     # starts after the previous wave's, i.e. what one round of call + hand-off adds on the fastest slot.
     firsts = sorted(a.started_at for a in attempts.values())[::slots]
-    steps = [(b - a).total_seconds() - args.latency for a, b in zip(firsts, firsts[1:])]
+    steps = [(b - a).total_seconds() - args.latency for a, b in zip(firsts, firsts[1:], strict=False)]
     return {
         "upstream_utilisation": round(busy / (elapsed * slots), 3),
         "wave_step_overhead_p50_ms": round(statistics.median(steps) * 1000, 1) if steps else None,

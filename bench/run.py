@@ -251,12 +251,12 @@ class Bench:
             loadgen.run(HOST, self.api_port, target_request, clients, 1.0, expect)
             base_cpu, target_cpu = Counter(), Counter()
             for _ in range(self.args.rounds):
-                result, cpu = measured(lambda: loadgen.run(HOST, self.api_port, baseline_request, clients,
-                                                           self.args.seconds))
+                result, cpu = measured(lambda clients=clients: loadgen.run(HOST, self.api_port, baseline_request,
+                                                                           clients, self.args.seconds))
                 base_total.merge(result)
                 base_cpu.update(cpu)
-                result, cpu = measured(lambda: loadgen.run(HOST, self.api_port, target_request, clients,
-                                                           self.args.seconds, expect))
+                result, cpu = measured(lambda clients=clients: loadgen.run(HOST, self.api_port, target_request,
+                                                                           clients, self.args.seconds, expect))
                 target_total.merge(result)
                 target_cpu.update(cpu)
             b, t = summarize(base_total), summarize(target_total)

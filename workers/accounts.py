@@ -15,5 +15,5 @@ def purge_deleted_audio_task(self) -> int:
     rt = runtime()
     try:
         return purge_deleted_audio(db.session, rt.storage, rt.clock)
-    except PurgeIncomplete:
-        raise self.retry(countdown=min(30 * 2 ** self.request.retries, 1800))
+    except PurgeIncomplete as exc:
+        raise self.retry(countdown=min(30 * 2 ** self.request.retries, 1800)) from exc

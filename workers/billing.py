@@ -24,7 +24,7 @@ def apply_event(self, event_id: str) -> str:
     try:
         return wiring.current().billing_events().apply_event(event_id)
     except RetryLater as exc:
-        raise self.retry(countdown=exc.countdown)
+        raise self.retry(countdown=exc.countdown) from exc
 
 
 @shared_task(name=METER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
@@ -34,7 +34,7 @@ def send_meter_event(self, charge_id: str) -> str:
     try:
         return wiring.current().meter_reporter().send(uuid.UUID(charge_id))
     except RetryLater as exc:
-        raise self.retry(countdown=exc.countdown)
+        raise self.retry(countdown=exc.countdown) from exc
 
 
 @shared_task(name=BILLING_SWEEP_TASK, ignore_result=True)

@@ -22,7 +22,7 @@ def deliver(self, notification_id: str) -> str:
         return wiring.current().notification_service().deliver(uuid.UUID(notification_id))
     except RetryLater as exc:
         # The service counts attempts in the row and gives up after its maximum.
-        raise self.retry(countdown=exc.countdown)
+        raise self.retry(countdown=exc.countdown) from exc
 
 
 @shared_task(name=NOTIFY_SWEEP_TASK, ignore_result=True)
