@@ -18,10 +18,11 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     from . import auth as _auth  # noqa: F401 - registers the JWT callbacks
     from .api import register_blueprints
     from .errors import register_error_handlers
-    from .extensions import ProblemApi, db, jwt, limiter, migrate
+    from .api.common import ProblemApi
+    from .extensions import db, jwt, limiter, migrate
     from .logs import configure_logging
-    from .queue import CeleryJobQueue, make_celery
-    from .runtime import build_runtime
+    from .queue import CeleryTaskSender, make_celery
+    from .wiring import build_runtime
 
     settings = load_config(environ)
     settings.update(overrides or {})
@@ -43,12 +44,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     api = ProblemApi(app)  # one per app: its OpenAPI spec is built from this app's routes
     register_blueprints(app, api)
     register_error_handlers(app)
-    from .metrics import instrument_app
+    from .api.metrics import instrument_app
     instrument_app(app)  # request latency by route and status, for /metrics
 
-    runtime = build_runtime(app.config)
-    runtime.job_queue = CeleryJobQueue(make_celery(app))
-    app.extensions["sfx"] = runtime
+    app.extensions["sfx"] = build_runtime(app.config, CeleryTaskSender(make_celery(app)))
 
     @app.before_request
     def _request_id() -> None:

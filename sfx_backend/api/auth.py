@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
 
+from .. import wiring
 from ..auth import issue_tokens, revoke_current_session
 from ..extensions import db
 from ..runtime import runtime
@@ -18,7 +19,7 @@ blp = Blueprint("auth", __name__, url_prefix="/auth", description="Accounts and 
 
 
 def _users() -> UserService:
-    return UserService(db.session, runtime().hasher)
+    return wiring.current().user_service()
 
 
 @blp.route("/register", methods=["POST"])
@@ -31,7 +32,8 @@ def register(body):
     rt = runtime()
     user = _users().register(body["email"], body["password"], body.get("first_name"), body.get("last_name"))
     tokens = issue_tokens(user, rt.clock())
-    notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock())
+    notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock(),
+                          sender=rt.tasks)
     db.session.commit()
     return {"user": user, **tokens}
 

@@ -19,8 +19,9 @@ from sfx_backend.errors import QuotaExceeded, TooManyJobs
 from sfx_backend.extensions import db, limiter
 from sfx_backend.models import PlanType, Subscription, User, utcnow
 from sfx_backend.services.jobs import GenerationParams, JobService
-from tests.conftest import FAST_HASH, TEST_REDIS_URL, RecordingQueue, make_environ, truncate_all
+from tests.conftest import FAST_HASH, TEST_REDIS_URL, make_environ, truncate_all
 from tests.support.mail import free_port
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 
@@ -40,7 +41,7 @@ def limited(_migrated, database_url, tmp_path, encryption_key, redis_db, ratelim
         app = create_app({**FAST_HASH, **overrides}, environ=make_environ(
             database_url, tmp_path / f"instance{len(made)}", encryption_key, RATELIMIT_ENABLED="true",
             REDIS_URL=storage or url, RATELIMIT_KEY_PREFIX=ratelimit_prefix))
-        app.extensions["sfx"].job_queue = RecordingQueue()
+        app.extensions["sfx"].tasks = RecordingTasks()
         made.append(app)
         return app
 

@@ -9,24 +9,22 @@ import json
 import logging
 import re
 import uuid
-from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
 
-from sfx_backend import create_app
+from sfx_backend import create_app, wiring
 from sfx_backend.extensions import db
 from sfx_backend.logs import JsonFormatter, TextFormatter
 from sfx_backend.models import Job, JobStatus, QuotaState, User, UserRole
 from sfx_backend.providers.elevenlabs import ElevenLabsClient
+from sfx_backend.services.dispatch import NOTIFY_TASK
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
-from sfx_backend.workers_support import build_key_pool
-from sfx_backend.queue import NOTIFY_TASK
-from sfx_backend.services.mailer import build_mailer
 from sfx_backend.services.notifications import NotificationService
+from sfx_backend.wiring import build_mailer
 from tests.conftest import make_environ
 from tests.support.fake_elevenlabs import FakeElevenLabs
-from tests.support.mail import RecordingSender
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -159,7 +157,8 @@ def test_passwords_are_hashed_with_argon2id_at_a_sane_cost(database_url, tmp_pat
     hasher = production_like.extensions["sfx"].hasher
     # OWASP's floor for argon2id is 19 MiB of memory with 2 passes; we run well above it.
     assert hasher.time_cost >= 2 and hasher.memory_cost >= 19 * 1024 and hasher.type.name == "ID"
-    assert hasher.hash("correct horse battery").startswith(f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
+    assert hasher.hash("correct horse battery").startswith(
+        f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
     stored = db.session.get(User, uuid.UUID(user.id)).password_hash
     assert stored.startswith("$argon2id$") and user.password not in stored
 
@@ -180,7 +179,7 @@ def test_no_secret_appears_in_any_response_or_log_line(app, client, make_user, e
     smtp_secret = "smtp-PASSWORD-secret-42"
     app.config.update(STRIPE_SECRET_KEY=stripe_secret, SMTP_PASS=smtp_secret)
     caplog.set_level(logging.DEBUG)
-    sender = app.extensions["sfx_tasks"] = RecordingSender()
+    sender = app.extensions["sfx"].tasks = RecordingTasks()
     responses = []
 
     def keep(response):
@@ -197,10 +196,11 @@ def test_no_secret_appears_in_any_response_or_log_line(app, client, make_user, e
         keep(admin.get("/admin/api-keys"))
         job = keep(owner.generate("door slam", duration_seconds=1.0)).get_json()
         with ElevenLabsClient(base_url=fake.url, connect_timeout=1, read_timeout=5) as provider:
-            runner = GenerationRunner(db.session, provider, app.extensions["sfx"].storage, build_key_pool(),
+            wired = wiring.current()
+            runner = GenerationRunner(db.session, provider, app.extensions["sfx"].storage, wired.key_pool(),
                                       app.extensions["sfx"].clock,
                                       RunnerSettings(retry_base_seconds=0.01, capacity_wait_inline_seconds=0),
-                                      sleep=lambda s: None)
+                                      sleep=lambda s: None, on_settled=wired.settled_hooks())
             for _ in range(3):
                 if runner.run(uuid.UUID(job["id"])).status == "succeeded":
                     break

@@ -22,7 +22,7 @@ from sfx_backend.models import Job, JobStatus, KeyLease, utcnow
 from tests.support.fake_elevenlabs import FakeElevenLabs
 from tests.support.nanio_server import nanio  # noqa: F401 - fixture
 from tests.support.pipeline import Pipeline, free_port
-from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, stop, wait_for
+from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, wait_for
 from tests.workers.conftest import assert_ledger_balances
 
 pytestmark = pytest.mark.slow
