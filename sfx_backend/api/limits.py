@@ -6,6 +6,8 @@
   caller's plan (`plans.Plan.requests_per_minute`).
 - Routes that check the caller's password (`PUT /user/profile` with `current_password`,
   `DELETE /user/account`): wrong passwords per user, so a stolen access token cannot guess the password.
+- `PUT /user/profile`: every change per user, and tighter for changes that carry a password (each one
+  costs an argon2 check and a new hash, 64 MiB of memory apiece at the production cost).
 
 Counters live in Redis (`REDIS_URL`), shared by every API process. If Redis cannot be reached the
 limiter falls back to counting in each process's memory with the same limits (and logs a warning):
@@ -31,14 +33,24 @@ LOGIN_PER_EMAIL = "5 per minute; 30 per hour"
 REGISTER_PER_IP = "5 per minute; 20 per hour"
 REGISTER_PER_EMAIL = "3 per hour"
 PASSWORD_CHECKS_PER_USER = "5 per minute; 20 per hour"
+PROFILE_CHANGES_PER_USER = "10 per minute; 100 per hour"
+PASSWORD_CHANGES_PER_USER = "3 per minute; 10 per hour"
 
 
 def _client_ip() -> str:
     return "ip:" + get_remote_address()
 
 
+def _json_body() -> object:
+    """The request's JSON, or None when it is missing or cannot be parsed (the schema reports that)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # nested too deep for the parser: not a body any limit can key on
+        return None
+
+
 def _body_email() -> str:
-    body = request.get_json(silent=True)
+    body = _json_body()
     email = body.get("email") if isinstance(body, dict) else None
     if isinstance(email, str) and email.strip():
         return "email:" + normalize_email(email)[:255]
@@ -48,6 +60,19 @@ def _body_email() -> str:
 def _user() -> str:
     # Runs inside jwt_required: the identity is verified by now.
     return "user:" + (get_jwt_identity() or get_remote_address())
+
+
+def _profile_user() -> str:
+    return "profile:" + (get_jwt_identity() or get_remote_address())
+
+
+def _credentials_user() -> str:
+    return "credentials:" + (get_jwt_identity() or get_remote_address())
+
+
+def _no_password_in_body() -> bool:
+    body = _json_body()
+    return not (isinstance(body, dict) and (body.get("password") or body.get("current_password")))
 
 
 def caller_plan() -> plans.Plan:
@@ -90,3 +115,12 @@ generate = limiter.shared_limit(_plan_rate, scope="generate", key_func=_user,
 password_checks = limiter.shared_limit(PASSWORD_CHECKS_PER_USER, scope="password_checks", key_func=_user,
                                        deduct_when=lambda response: response.status_code == 401,
                                        error_message="Too many wrong passwords; try again later.")
+
+# Profile changes per user; those that carry a password (a change of password or email) count again
+# in a tighter budget of their own, right or wrong.
+profile_changes = _stack(
+    limiter.limit(PROFILE_CHANGES_PER_USER, key_func=_profile_user,
+                  error_message="Too many profile changes; try again later."),
+    limiter.limit(PASSWORD_CHANGES_PER_USER, key_func=_credentials_user, exempt_when=_no_password_in_body,
+                  error_message="Too many password or email changes; try again later."),
+)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from sfx_backend import create_app, plans
 from sfx_backend.errors import QuotaExceeded, TooManyJobs
+from sfx_backend.api import limits
 from sfx_backend.extensions import db, limiter
 from sfx_backend.models import PlanType, Subscription, User, utcnow
 from sfx_backend.services.jobs import GenerationParams, JobService
@@ -292,3 +293,45 @@ def test_without_trusted_proxies_a_forged_forwarded_for_changes_nothing(limited)
     forged = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
                          environ_base=addr, headers={"X-Forwarded-For": "198.51.100.99"})
     assert_rate_limited(forged, 5)
+
+
+def test_profile_changes_are_limited_per_user_even_without_a_password(limited):
+    app = limited()
+    client = app.test_client()
+    headers, other = _user(client), _user(client)
+    limit = int(limits.PROFILE_CHANGES_PER_USER.split()[0])
+    for i in range(limit):
+        assert client.put("/user/profile", headers=headers, json={"first_name": f"N{i}"}).status_code == 200
+    assert_rate_limited(client.put("/user/profile", headers=headers, json={"first_name": "again"}), limit)
+    assert client.get("/user/profile", headers=headers).status_code == 200  # reading is not limited
+    assert client.put("/user/profile", headers=other, json={"first_name": "mine"}).status_code == 200
+
+
+def test_password_changes_are_limited_per_user_even_when_the_password_is_right(limited):
+    app = limited()
+    client = app.test_client()
+    password = "correct horse battery"
+    auth = register(client, email(), ip(), password).get_json()
+    headers = {"Authorization": f"Bearer {auth['access_token']}"}
+    limit = int(limits.PASSWORD_CHANGES_PER_USER.split()[0])
+    for i in range(limit):
+        new = f"new password number {i}"
+        response = client.put("/user/profile", headers=headers, json={"password": new, "current_password": password})
+        assert response.status_code == 200, response.get_json()
+        password = new
+    assert_rate_limited(client.put("/user/profile", headers=headers,
+                                   json={"password": "one more new password", "current_password": password}), limit)
+    # Names alone are not password changes: they still go through.
+    assert client.put("/user/profile", headers=headers, json={"first_name": "Ada"}).status_code == 200
+
+
+def test_a_name_only_profile_change_hashes_no_password(app, user, monkeypatch):
+    from argon2 import PasswordHasher
+    calls = []
+    for name in ("hash", "verify"):
+        original = getattr(PasswordHasher, name)
+        monkeypatch.setattr(PasswordHasher, name,
+                            lambda self, *a, _o=original, _n=name, **k: calls.append(_n) or _o(self, *a, **k))
+    for i in range(3):
+        assert user.client.put("/user/profile", headers=user.headers, json={"first_name": f"N{i}"}).status_code == 200
+    assert calls == []
