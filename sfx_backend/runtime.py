@@ -9,7 +9,8 @@ from typing import Any, Callable, Protocol
 from argon2 import PasswordHasher
 from flask import current_app
 
-from .crypto import KeyCipher, dev_fernet_key
+from .config import DEV_KEY_ENCRYPTION_KEY
+from .crypto import KeyCipher
 from .models import utcnow
 from .providers.base import SoundProvider
 from .services.users import make_hasher
@@ -40,7 +41,7 @@ def build_storage(cfg: dict[str, Any]) -> Storage:
                          access_key_id=cfg["AWS_ACCESS_KEY_ID"], secret_access_key=cfg["AWS_SECRET_ACCESS_KEY"],
                          public_endpoint_url=cfg["S3_PUBLIC_ENDPOINT_URL"])
     from .storage.local import LocalStorage
-    return LocalStorage(Path(cfg["LOCAL_STORAGE_PATH"]), base_url=cfg["API_BASE_URL"], secret=cfg["SECRET_KEY"])
+    return LocalStorage(Path(cfg["LOCAL_STORAGE_PATH"]), base_url=cfg["API_BASE_URL"], secret=cfg["URL_SIGNING_SECRET"])
 
 
 def build_provider(cfg: dict[str, Any]) -> SoundProvider:
@@ -54,10 +55,14 @@ def build_provider(cfg: dict[str, Any]) -> SoundProvider:
 
 
 def build_cipher(cfg: dict[str, Any]) -> KeyCipher | None:
+    """The cipher for upstream keys at rest; None (storing keys is refused) when no key is configured.
+
+    Development falls back to a fixed, published key so the embedded default can store keys; it is
+    derived from nothing, so changing another secret never makes stored keys unreadable.
+    """
     keys = cfg["KEY_ENCRYPTION_KEY"]
-    if not keys and cfg["APP_ENV"] != "production":
-        # Development only: a derived key so the embedded default works; production must configure one.
-        keys = [dev_fernet_key(cfg["SECRET_KEY"])]
+    if not keys and cfg["APP_ENV"] == "development":
+        keys = [DEV_KEY_ENCRYPTION_KEY]
     return KeyCipher(keys) if keys else None
 
 
