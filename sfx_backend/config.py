@@ -203,6 +203,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
         "JWT_REFRESH_TOKEN_EXPIRES": parse_duration(env.get("JWT_REFRESH_EXPIRES_IN") or "30d"),
         "JWT_TOKEN_LOCATION": ["headers"],
+        # Tokens travel only in the Authorization header, so a cookie CSRF claim protects nothing; without
+        # it a token pair is a function of its session row alone (see auth.tokens_for).
+        "JWT_COOKIE_CSRF_PROTECT": False,
         "JWT_ALGORITHM": "HS256",
         "JWT_DECODE_ALGORITHMS": ["HS256"],
         # A just-rotated refresh token presented again this soon gets the same new pair (a client that
