@@ -1,7 +1,10 @@
 """Abuse limits (flask-limiter): who may call what how often.
 
-- `/auth/login`, `/auth/register`: per client IP and per email in the body, against password guessing
-  and signup floods (per email, only failed logins count).
+- `/auth/login`: every attempt per client address; failed attempts per (email, address), which stops
+  one guesser at one account; and failed attempts per email from anywhere, under a higher ceiling with
+  a one-minute window, which slows a guesser with many addresses without locking the owner out for
+  long (a lockout per email alone would let anyone lock anyone out from everywhere).
+- `/auth/register`: per client address and per email, against signup floods.
 - `POST /usage/generate` and its alias `POST /jobs` (one shared budget): per user, at the rate of the
   caller's plan (`plans.Plan.requests_per_minute`).
 - Routes that check the caller's password (`PUT /user/profile` with `current_password`,
@@ -29,7 +32,9 @@ from ..services.users import normalize_email
 from .common import caller_allowance
 
 LOGIN_PER_IP = "20 per minute; 200 per hour"
-LOGIN_PER_EMAIL = "5 per minute; 30 per hour"
+LOGIN_FAILURES_PER_EMAIL_AND_IP = "5 per minute; 30 per hour"
+# No longer window: whoever hits it waits at most a minute, whoever caused it.
+LOGIN_FAILURES_PER_EMAIL = "10 per minute"
 REGISTER_PER_IP = "5 per minute; 20 per hour"
 REGISTER_PER_EMAIL = "3 per hour"
 PASSWORD_CHECKS_PER_USER = "5 per minute; 20 per hour"
@@ -55,6 +60,10 @@ def _body_email() -> str:
     if isinstance(email, str) and email.strip():
         return "email:" + normalize_email(email)[:255]
     return "email:-"
+
+
+def _body_email_and_ip() -> str:
+    return _body_email() + "|ip:" + get_remote_address()
 
 
 def _user() -> str:
@@ -92,12 +101,20 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
+def _failed(response) -> bool:
+    return response.status_code == 401
+
+
+# Per email only failed attempts count: guessing is throttled, a user who logs in often is not.
 login = _stack(
     limiter.limit(LOGIN_PER_IP, key_func=_client_ip,
                   error_message="Too many login attempts from this address; try again later."),
-    # Per email only failed attempts count: guessing is throttled, a user who logs in often is not.
-    limiter.limit(LOGIN_PER_EMAIL, key_func=_body_email, deduct_when=lambda response: response.status_code == 401,
-                  error_message="Too many failed login attempts for this account; try again later."),
+    limiter.limit(LOGIN_FAILURES_PER_EMAIL_AND_IP, key_func=_body_email_and_ip, deduct_when=_failed,
+                  error_message="Too many failed login attempts for this account from this address; "
+                                "try again later."),
+    limiter.limit(LOGIN_FAILURES_PER_EMAIL, key_func=_body_email, deduct_when=_failed,
+                  error_message="Too many failed login attempts for this account; slow down and try again "
+                                "in a minute."),
 )
 
 register = _stack(
