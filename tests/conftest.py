@@ -51,7 +51,8 @@ def encryption_key() -> str:
 
 
 # APP_ENV=test refuses the published development secrets as production does: the suite has its own.
-TEST_SECRETS = {"JWT_SECRET": "test-jwt-secret-" + "x" * 32, "URL_SIGNING_SECRET": "test-url-signing-secret-" + "y" * 32}
+TEST_SECRETS = {"JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+                "URL_SIGNING_SECRET": "test-url-signing-secret-" + "y" * 32}
 
 
 def make_environ(database_url: str, instance: Path, encryption_key: str, **extra: str) -> dict[str, str]:
