@@ -115,6 +115,7 @@ def main() -> None:
     env = {
         "APP_ENV": "test", "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
         "INSTANCE_PATH": str(workdir), "JWT_SECRET": "bench-secret-" + "x" * 32,
+        "URL_SIGNING_SECRET": "bench-url-signing-" + "u" * 32,
         "KEY_ENCRYPTION_KEY": "", "CELERY_BROKER_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"),
         "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}", "SFX_PROVIDER": "elevenlabs",
         # Only this bench's keys: none inherited from the caller's environment (bench/run.py has its own).

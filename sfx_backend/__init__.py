@@ -1,6 +1,7 @@
 """sfx-backend: the server behind an AI sound-effects plugin."""
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from .config import PROJECT_ROOT, load_config
+from .config import PROJECT_ROOT, load_config, uses_development_secrets
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -36,6 +37,11 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
         # The client's own address (rate limits key on it) is the one the last `hops` proxies saw.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    if uses_development_secrets(app.config):
+        # APP_ENV unset means development: say so, since its secrets are the repository's own.
+        logging.getLogger(__name__).warning(
+            "APP_ENV=development: tokens and download URLs are signed with published development secrets; "
+            "deploy with APP_ENV=production and secrets of your own", extra={"event": "development_secrets"})
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)

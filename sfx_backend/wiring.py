@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from sqlalchemy.orm import Session
 
 from . import plans
-from .crypto import KeyCipher, dev_fernet_key
+from .config import DEV_KEY_ENCRYPTION_KEY
+from .crypto import KeyCipher
 from .models import utcnow
 from .providers.base import SoundProvider
 from .runtime import Runtime, runtime
@@ -32,6 +33,7 @@ from .services.jobs import JobService
 from .services.key_pool import KeyPool
 from .services.mailer import LogMailer, Mailer, SmtpMailer
 from .services.notifications import NotificationService
+from .services.sessions import SessionService
 from .services.users import UserService, make_hasher
 from .storage.base import Storage
 from .storage.spool import AudioSpool
@@ -49,7 +51,8 @@ def build_storage(cfg: Mapping[str, Any]) -> Storage:
                          access_key_id=cfg["AWS_ACCESS_KEY_ID"], secret_access_key=cfg["AWS_SECRET_ACCESS_KEY"],
                          public_endpoint_url=cfg["S3_PUBLIC_ENDPOINT_URL"])
     from .storage.local import LocalStorage
-    return LocalStorage(Path(cfg["LOCAL_STORAGE_PATH"]), base_url=cfg["API_BASE_URL"], secret=cfg["SECRET_KEY"])
+    return LocalStorage(Path(cfg["LOCAL_STORAGE_PATH"]), base_url=cfg["API_BASE_URL"],
+                        secret=cfg["URL_SIGNING_SECRET"])
 
 
 def elevenlabs_client(cfg: Mapping[str, Any]) -> ElevenLabsClient:
@@ -69,11 +72,15 @@ def build_provider(cfg: Mapping[str, Any]) -> SoundProvider:
 
 
 def build_cipher(cfg: Mapping[str, Any]) -> KeyCipher | None:
-    """The cipher for stored upstream keys (KEY_ENCRYPTION_KEY, newest first)."""
+    """The cipher for upstream keys at rest (KEY_ENCRYPTION_KEY, newest first); None (storing keys is
+    refused) when no key is configured.
+
+    Development falls back to a fixed, published key so the embedded default can store keys; it is
+    derived from nothing, so changing another secret never makes stored keys unreadable.
+    """
     keys = cfg["KEY_ENCRYPTION_KEY"]
-    if not keys and cfg["APP_ENV"] != "production":
-        # Development only: a derived key so the embedded default works; production must configure one.
-        keys = [dev_fernet_key(cfg["SECRET_KEY"])]
+    if not keys and cfg["APP_ENV"] == "development":
+        keys = [DEV_KEY_ENCRYPTION_KEY]
     return KeyCipher(keys) if keys else None
 
 
@@ -111,6 +118,11 @@ class Wiring:
     def user_service(self) -> UserService:
         """Registration and credential checks."""
         return UserService(self.session, self.runtime.hasher)
+
+    def session_service(self) -> SessionService:
+        """Per-device sign-in sessions: refresh rotation with its reuse grace, listing, ending."""
+        return SessionService(self.session, self.runtime.clock, lifetime=self.config["JWT_REFRESH_TOKEN_EXPIRES"],
+                              reuse_grace=timedelta(seconds=self.config["REFRESH_REUSE_GRACE_SECONDS"]))
 
     def account_service(self) -> AccountService:
         """A user's own account, and administrators' changes to accounts."""

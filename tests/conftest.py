@@ -51,13 +51,18 @@ def encryption_key() -> str:
     return Fernet.generate_key().decode()
 
 
+# APP_ENV=test refuses the published development secrets as production does: the suite has its own.
+TEST_SECRETS = {"JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+                "URL_SIGNING_SECRET": "test-url-signing-secret-" + "y" * 32}
+
+
 def make_environ(database_url: str, instance: Path, encryption_key: str, **extra: str) -> dict[str, str]:
     """The environment a test app is built from: explicit, never the developer's own."""
     env = {
         "APP_ENV": "test",
         "DATABASE_URL": database_url,
         "INSTANCE_PATH": str(instance),
-        "JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+        **TEST_SECRETS,
         "KEY_ENCRYPTION_KEY": encryption_key,
         "LOG_LEVEL": "warning",
         "CELERY_BROKER_URL": "memory://",
@@ -80,7 +85,7 @@ def sqlite_app(tmp_path):
     """The app on its embedded defaults (a SQLite file, migrated), inside an app context."""
     from flask_migrate import upgrade
 
-    app = create_app(FAST_HASH, environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path),
+    app = create_app(FAST_HASH, environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), **TEST_SECRETS,
                                          "LOG_LEVEL": "warning", "CELERY_BROKER_URL": "memory://"})
     with app.app_context():
         upgrade()

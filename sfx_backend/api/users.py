@@ -30,6 +30,7 @@ def profile():
 
 @blp.route("/profile", methods=["PUT"])
 @jwt_required()
+@limits.profile_changes
 @limits.password_checks
 @blp.arguments(ProfileUpdateSchema)
 @blp.response(200, UserSchema)

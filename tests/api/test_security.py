@@ -70,19 +70,24 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
                                                                       QuotaState.SETTLED)
     db.session.commit()
 
+    session_id = pyjwt.decode(owner.access_token, options={"verify_signature": False})["sid"]
+    ids = {"job_id": job_id, "session_id": session_id}
     id_routes = []
     for rule in app.url_map.iter_rules():
         if "<uuid:" in rule.rule and not rule.rule.startswith("/admin"):
-            assert rule.arguments == {"job_id"}, f"{rule.rule}: extend this test to the new kind of id"
+            (argument,) = rule.arguments
+            assert argument in ids, f"{rule.rule}: extend this test to the new kind of id"
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-                id_routes.append((method.lower(), rule.rule.replace("<uuid:job_id>", job_id)))
-    assert {path for _, path in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
-                                               f"/jobs/{job_id}/cancel"}
-    for method, path in id_routes:
+                id_routes.append((method.lower(), rule.rule.replace(f"<uuid:{argument}>", ids[argument]),
+                                  ids[argument]))
+    assert {path for _, path, _ in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
+                                                  f"/jobs/{job_id}/cancel", f"/auth/sessions/{session_id}"}
+    # Ending the owner's session ends its token too: that route goes last.
+    for method, path, the_id in sorted(id_routes, key=lambda route: route[2] == session_id):
         theirs = getattr(client, method)(path, headers=stranger.headers)
         assert theirs.status_code == 404 and theirs.get_json()["code"] == "not_found", (method, path)
         # Indistinguishable from an id that does not exist at all.
-        missing = getattr(client, method)(path.replace(job_id, str(uuid.uuid4())), headers=stranger.headers)
+        missing = getattr(client, method)(path.replace(the_id, str(uuid.uuid4())), headers=stranger.headers)
         assert (missing.status_code, missing.get_json()["detail"]) == (404, theirs.get_json()["detail"])
         assert getattr(client, method)(path, headers=owner.headers).status_code != 404, (method, path)
 
