@@ -224,7 +224,8 @@ class NotificationService:
                  "user_id": str(note.user_id) if note.user_id else None}
         try:
             subject, text, html = render(note.kind, note.payload or {})
-            outcome = self.mailer.send(build_message(self.mail_from, note.recipient or "", subject, text, html))
+            message = build_message(self.mail_from, note.recipient or "", subject, text, html)
+            outcome = self.mailer.send(message, kind=note.kind)
         except MailError as exc:
             if exc.transient and note.attempts < MAX_ATTEMPTS:
                 self._release(note, NotificationStatus.PENDING, str(exc))
