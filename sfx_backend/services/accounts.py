@@ -19,7 +19,7 @@ from ..errors import Conflict, EmailTaken, NotFound, ServiceUnavailable, Unautho
 from ..models import (FINISHED, ApiUsage, AuthSession, Job, JobStatus, Notification, QuotaState,
                       StorageDeletion, Subscription, SubscriptionStatus, User, UserStatus)
 from ..queue import PURGE_AUDIO_TASK
-from . import audit, notifications, quota
+from . import audit, notifications, quota, verification
 from .dispatch import after_commit
 from .users import UserService, normalize_email
 
@@ -97,6 +97,7 @@ class AccountService:
             if taken is not None:
                 raise EmailTaken("An account with this email already exists.")
             user.email = new_email
+            verification.address_changed(user)
         if password_changes:
             self.users.set_password(user, changes["password"])
             others = [AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None)]

@@ -57,8 +57,11 @@ def test_registering_sends_a_welcome_email_in_plain_text_and_html(app, client, s
     assert message.get_content_type() == "multipart/alternative"
     body = parts(message)
     assert set(body) == {"text/plain", "text/html"}
-    assert "Hi Ada," in body["text/plain"] and "10 generations a month" in body["text/plain"]
+    # The address is not verified yet: no name the user typed, and a link to confirm it.
+    assert "Hi there," in body["text/plain"] and "Ada" not in body["text/plain"] + body["text/html"]
+    assert "10 generations a month" in body["text/plain"]
     assert "<strong>10 generations a month</strong>" in body["text/html"]
+    assert "http://localhost/auth/email/verify?token=" in body["text/plain"]
     note = db.session.query(Notification).one()
     assert (note.kind, note.status, note.attempts) == ("welcome", "sent", 1)
     assert note.recipient is None and note.payload is None  # not kept once the message is out
@@ -96,6 +99,7 @@ def _usage_note(app, user: User, used: int, limit: int, prompt: str) -> Notifica
 
 def test_usage_emails_escape_the_prompt_in_html_and_keep_it_verbatim_in_text(app, user, smtp, sender):
     account = db.session.get(User, uuid.UUID(user.id))
+    account.email_verified = True  # prompts go only to a verified address
     prompt = '<script>alert("boom")</script> & door'
     sender.sent.clear()
     assert _usage_note(app, account, used=8, limit=10, prompt=prompt).kind == "usage_80"
