@@ -7,7 +7,7 @@ from flask_jwt_extended import current_user, jwt_required
 from ..auth import issue_tokens, revoke_current_session
 from ..extensions import db
 from ..runtime import runtime
-from ..services import notifications
+from ..services import notifications, verification
 from ..services.users import UserService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
@@ -31,7 +31,8 @@ def register(body):
     rt = runtime()
     user = _users().register(body["email"], body["password"], body.get("first_name"), body.get("last_name"))
     tokens = issue_tokens(user, rt.clock())
-    notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock())
+    notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock(),
+                          verify_url=verification.verify_url(current_app.config["API_BASE_URL"]))
     db.session.commit()
     return {"user": user, **tokens}
 

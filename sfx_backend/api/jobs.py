@@ -36,7 +36,8 @@ def _service() -> JobService:
     cfg = current_app.config
     # The jobs-at-once cap is an abuse limit: RATELIMIT_ENABLED=false (load tests) lifts it with the rest.
     return JobService(db.session, rt.clock, cfg["TRIAL_GENERATION_LIMIT"], plans=plans.catalogue(cfg),
-                      cap_jobs=cfg["RATELIMIT_ENABLED"])
+                      cap_jobs=cfg["RATELIMIT_ENABLED"],
+                      require_email_verification=cfg.get("REQUIRE_EMAIL_VERIFICATION", False))
 
 
 def serialize_job(job: Job | sa.Row) -> dict:

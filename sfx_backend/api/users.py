@@ -6,6 +6,7 @@ from flask_jwt_extended import current_user, jwt_required
 
 from ..extensions import db
 from ..runtime import runtime
+from ..services import notifications, verification
 from ..services.accounts import AccountService, StripeSettings
 from ..services.users import UserService
 from . import limits
@@ -45,7 +46,11 @@ def profile():
 def update_profile(body):
     """Update the caller's names, email or password."""
     session = getattr(g, "auth_session", None)
+    previous_email = current_user.email
     user = _accounts().update_profile(current_user, body, session.id if session is not None else None)
+    if user.email != previous_email:
+        notifications.verification_email(db.session, user, runtime().clock(),
+                                         verification.verify_url(current_app.config["API_BASE_URL"]))
     db.session.commit()
     return user
 

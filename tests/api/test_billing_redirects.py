@@ -70,6 +70,7 @@ def test_the_portal_refuses_a_return_url_off_the_allowed_hosts(user, client, fak
 
 def _statements_of_one_submit(user) -> list[str]:
     seen: list[str] = []
+    db.session.remove()  # nothing cached from earlier requests: each submit loads what it needs
 
     def record(conn, cursor, statement, parameters, context, executemany):
         seen.append(statement)
