@@ -148,6 +148,7 @@ class AccountService:
         self.session.execute(sa.delete(Notification).where(Notification.user_id == user_id)
                              .execution_options(synchronize_session=False))
         audit.forget_email(self.session, user_id)
+        verification.forget(self.session, user_id)
         self.session.execute(sa.update(AuthSession).where(AuthSession.user_id == user_id)
                              .values(revoked_at=now).execution_options(synchronize_session=False))
         notifications.account_deleted(self.session, user, now)

@@ -395,3 +395,16 @@ def test_an_admin_made_on_the_command_line_counts_as_verified(app):
     result = runner.invoke(args=["users", "create-admin", "ops@example.com", "--password", "0123456789ab"])
     assert result.exit_code == 0, result.output
     assert db.session.query(User).filter_by(email="ops@example.com").one().email_verified is True
+
+
+def test_deleting_the_account_deletes_its_links(app, client, smtp, sender):
+    from sfx_backend.models import EmailVerificationToken
+
+    body = register(client, "gone@example.com")
+    deliver_all(app, sender)
+    token = token_in(smtp.messages[0])
+    assert db.session.query(EmailVerificationToken).count() == 1
+    deleted = client.delete("/user/account", headers=bearer(body), json={"password": "correct horse battery"})
+    assert deleted.status_code == 200
+    assert db.session.query(EmailVerificationToken).count() == 0
+    assert client.post("/auth/email/verify", json={"token": token}).status_code == 422
