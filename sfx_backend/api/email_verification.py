@@ -4,8 +4,8 @@ POST /auth/email/verify, and POST /auth/email/resend.
 The GET answers a small self-contained HTML page (no external assets, a strict Content-Security-Policy,
 no referrer, not cached), since a person opens it from a mailbox: for a browser (`Accept: text/html`)
 that page is the answer whatever the outcome, its text (and `data-outcome`) saying which. A program
-that does not ask for HTML gets the usual 422 problem+json for a refused token, as from the POST. Tokens are never logged: the access log format leaves
-the query string out (gunicorn.conf.py).
+that does not ask for HTML gets the usual 422 problem+json for a refused token, as from the POST.
+Tokens are never logged: the access log format leaves the query string out (gunicorn.conf.py).
 """
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ _REFUSED = {
 
 
 class TokenQuerySchema(Schema):
-    token = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+    token = fields.String(required=True, validate=validate.Length(min=1, max=verification.MAX_TOKEN_CHARS),
                           metadata={"description": "The token from the emailed link."})
 
 
 class TokenBodySchema(Schema):
-    token = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+    token = fields.String(required=True, validate=validate.Length(min=1, max=verification.MAX_TOKEN_CHARS),
                           metadata={"description": "The token from the emailed link."})
 
 

@@ -295,9 +295,11 @@ def test_resend_sends_a_fresh_link_and_nothing_once_verified(app, client, smtp, 
 
 @pytest.fixture
 def limited_app(_migrated, database_url, tmp_path, encryption_key, redis_db):
+    # No RATELIMIT_KEY_PREFIX of its own: the shared limiter keeps the first prefix it is given, and
+    # tests/api/test_rate_limits.py checks for its own. The counters here are per new account anyway.
     app = create_app(FAST_HASH, environ=make_environ(
         database_url, tmp_path / "limited", encryption_key, RATELIMIT_ENABLED="true",
-        REDIS_URL=TEST_REDIS_URL.format(db=redis_db), RATELIMIT_KEY_PREFIX=f"sfx-verify-{uuid.uuid4().hex[:8]}"))
+        REDIS_URL=TEST_REDIS_URL.format(db=redis_db)))
     app.extensions["sfx"].job_queue = RecordingQueue()
     app.extensions["sfx_tasks"] = RecordingSender()
     with app.app_context():
