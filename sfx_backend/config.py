@@ -102,6 +102,25 @@ def uses_development_secrets(cfg: Mapping[str, Any]) -> bool:
     return cfg.get("JWT_SECRET_KEY") in _DEV_SECRETS or cfg.get("URL_SIGNING_SECRET") in _DEV_SECRETS
 
 
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$")
+
+
+def redirect_hosts(raw: str | None, api_base_url: str) -> list[str]:
+    """BILLING_REDIRECT_HOSTS as lower-case host names (`host`, `host:port` or `*.domain`); by default
+    the host of API_BASE_URL."""
+    from urllib.parse import urlsplit
+
+    hosts = [host.lower() for host in _csv(raw)]
+    if not hosts:
+        default = urlsplit(api_base_url).hostname
+        return [default] if default else []
+    for host in hosts:
+        if not _HOST.match(host):
+            raise ConfigError(f"BILLING_REDIRECT_HOSTS: {host!r} is not a host name "
+                              "(give `app.example.com`, `app.example.com:8443` or `*.example.com`, no scheme or path)")
+    return hosts
+
+
 def database_url(raw: str | None, instance: Path) -> str:
     """The SQLAlchemy URL; plain postgres URLs get the psycopg2 driver this project ships with."""
     if not raw:
@@ -176,6 +195,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     flask_secret = env.get("SECRET_KEY") or (_DEV_FLASK_SECRET_KEY if app_env == "development"
                                              else secrets.token_urlsafe(MIN_SECRET_BYTES))
     port = _int(env, "PORT", 3000)
+    api_base_url = (env.get("API_BASE_URL") or f"http://localhost:{port}").rstrip("/")
 
     cfg: dict[str, Any] = {
         "APP_ENV": app_env,
@@ -185,7 +205,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "info").upper(),
         "LOG_FORMAT": env.get("LOG_FORMAT") or ("json" if app_env == "production" else "text"),
         "PORT": port,
-        "API_BASE_URL": (env.get("API_BASE_URL") or f"http://localhost:{port}").rstrip("/"),
+        "API_BASE_URL": api_base_url,
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
         # database
         "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
@@ -211,6 +231,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # A just-rotated refresh token presented again this soon gets the same new pair (a client that
         # retried, or two requests racing); later, it ends the session as a stolen token would.
         "REFRESH_REUSE_GRACE_SECONDS": _int(env, "REFRESH_REUSE_GRACE_SECONDS", 30),
+        # Trial accounts confirm their address (a mailed link) before the first generation.
+        "REQUIRE_EMAIL_VERIFICATION": _bool(env.get("REQUIRE_EMAIL_VERIFICATION"), app_env == "production"),
         # upstream
         "ELEVEN_LABS_API_KEYS": keys,
         "ELEVEN_LABS_BASE_URL": (env.get("ELEVEN_LABS_BASE_URL") or "https://api.elevenlabs.io").rstrip("/"),
@@ -268,6 +290,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # A failed payment leaves generation on for this many days (then 402 until the card is fixed).
         "BILLING_PAST_DUE_GRACE_DAYS": _int(env, "BILLING_PAST_DUE_GRACE_DAYS", 7),
         "BILLING_PORTAL_RETURN_URL": env.get("BILLING_PORTAL_RETURN_URL") or None,
+        # Where Stripe may send a user back to (success_url, cancel_url, return_url): anything else is
+        # an open redirect through a trusted-looking checkout page.
+        "BILLING_REDIRECT_HOSTS": redirect_hosts(env.get("BILLING_REDIRECT_HOSTS"), api_base_url),
         "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 20.0),
         # email
         "SMTP_HOST": env.get("SMTP_HOST") or None,

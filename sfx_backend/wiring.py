@@ -113,7 +113,8 @@ class Wiring:
         cfg = self.config
         # The jobs-at-once cap is an abuse limit: RATELIMIT_ENABLED=false (load tests) lifts it with the rest.
         return JobService(self.session, self.runtime.clock, cfg["TRIAL_GENERATION_LIMIT"],
-                          plans=plans.catalogue(cfg), cap_jobs=cfg["RATELIMIT_ENABLED"])
+                          plans=plans.catalogue(cfg), cap_jobs=cfg["RATELIMIT_ENABLED"],
+                          require_email_verification=cfg["REQUIRE_EMAIL_VERIFICATION"])
 
     def user_service(self) -> UserService:
         """Registration and credential checks."""

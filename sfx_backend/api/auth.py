@@ -11,7 +11,7 @@ from ..auth import issue_tokens, revoke_current_session, tokens_for
 from ..errors import Unauthorized
 from ..extensions import db
 from ..runtime import runtime
-from ..services import notifications
+from ..services import notifications, verification
 from ..services.users import UserService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
@@ -36,7 +36,7 @@ def register(body):
     user = _users().register(body["email"], body["password"], body.get("first_name"), body.get("last_name"))
     tokens = issue_tokens(user, rt.clock(), body.get("client_name"))
     notifications.welcome(db.session, user, current_app.config["TRIAL_GENERATION_LIMIT"], rt.clock(),
-                          sender=rt.tasks)
+                          sender=rt.tasks, verify_url=verification.verify_url(current_app.config["API_BASE_URL"]))
     db.session.commit()
     return {"user": user, **tokens}
 

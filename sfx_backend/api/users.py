@@ -1,11 +1,13 @@
 """GET/PUT /user/profile and DELETE /user/account: the caller's own account."""
 from __future__ import annotations
 
-from flask import g
+from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
 
 from .. import wiring
 from ..extensions import db
+from ..runtime import runtime
+from ..services import notifications, verification
 from ..services.accounts import AccountService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
@@ -41,7 +43,12 @@ def profile():
 def update_profile(body):
     """Update the caller's names, email or password."""
     session = getattr(g, "auth_session", None)
+    previous_email = current_user.email
     user = _accounts().update_profile(current_user, body, session.id if session is not None else None)
+    if user.email != previous_email:
+        rt = runtime()
+        notifications.verification_email(db.session, user, rt.clock(),
+                                         verification.verify_url(current_app.config["API_BASE_URL"]), sender=rt.tasks)
     db.session.commit()
     return user
 

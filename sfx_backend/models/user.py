@@ -40,6 +40,10 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
     last_login: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # True once a link mailed to `email` was followed (services/verification.py); a new address starts
+    # unverified again. Until then no mail to the address carries text the user typed.
+    email_verified: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False,
+                                                 server_default=sa.false())
 
     __table_args__ = (sa.Index("idx_users_email", "email"),)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from ..errors import Conflict, EmailTaken, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from ..models import (FINISHED, ApiUsage, AuthSession, Job, JobStatus, Notification, QuotaState,
                       StorageDeletion, Subscription, SubscriptionStatus, User, UserStatus)
-from . import audit, notifications, quota
+from . import audit, notifications, quota, verification
 from .billing import BillingService
 from .dispatch import PURGE_AUDIO_TASK, TaskSender, after_commit
 from .users import UserService, normalize_email
@@ -90,6 +90,7 @@ class AccountService:
             if taken is not None:
                 raise EmailTaken("An account with this email already exists.")
             user.email = new_email
+            verification.address_changed(user)
         if password_changes:
             self.users.set_password(user, changes["password"])
             others = [AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None)]
@@ -140,6 +141,7 @@ class AccountService:
         self.session.execute(sa.delete(Notification).where(Notification.user_id == user_id)
                              .execution_options(synchronize_session=False))
         audit.forget_email(self.session, user_id)
+        verification.forget(self.session, user_id)
         self.session.execute(sa.update(AuthSession).where(AuthSession.user_id == user_id)
                              .values(revoked_at=now).execution_options(synchronize_session=False))
         notifications.account_deleted(self.session, user, now, sender=self.sender)

@@ -60,8 +60,11 @@ def test_registering_sends_a_welcome_email_in_plain_text_and_html(app, client, s
     assert message.get_content_type() == "multipart/alternative"
     body = parts(message)
     assert set(body) == {"text/plain", "text/html"}
-    assert "Hi Ada," in body["text/plain"] and "10 generations a month" in body["text/plain"]
+    # The address is not verified yet: no name the user typed, and a link to confirm it.
+    assert "Hi there," in body["text/plain"] and "Ada" not in body["text/plain"] + body["text/html"]
+    assert "10 generations a month" in body["text/plain"]
     assert "<strong>10 generations a month</strong>" in body["text/html"]
+    assert "http://localhost/auth/email/verify?token=" in body["text/plain"]
     note = db.session.query(Notification).one()
     assert (note.kind, note.status, note.attempts) == ("welcome", "sent", 1)
     assert note.recipient is None and note.payload is None  # not kept once the message is out
@@ -99,6 +102,7 @@ def _usage_note(app, user: User, used: int, limit: int, prompt: str) -> Notifica
 
 def test_usage_emails_escape_the_prompt_in_html_and_keep_it_verbatim_in_text(app, user, smtp, sender):
     account = db.session.get(User, uuid.UUID(user.id))
+    account.email_verified = True  # prompts go only to a verified address
     prompt = '<script>alert("boom")</script> & door'
     sender.sent.clear()
     assert _usage_note(app, account, used=8, limit=10, prompt=prompt).kind == "usage_80"
@@ -186,7 +190,11 @@ def test_without_smtp_host_emails_are_logged_not_sent_and_nothing_fails(app, cli
     with caplog.at_level(logging.INFO, logger="sfx_backend.services.mailer"):
         assert deliver_sent(app, sender) == ["logged"]
     [record] = [r for r in caplog.records if getattr(r, "event", None) == "email_logged"]
-    assert record.to == "nosmtp@example.com" and record.subject == "Welcome to sfx"
+    assert record.to == "nosmtp@example.com" and record.kind == "welcome"
+    # The kind and recipient only: a body holds personal data and the verification link.
+    assert not hasattr(record, "body") and not hasattr(record, "subject")
+    assert all("Welcome to sfx! Your account" not in r.getMessage() and "token=" not in str(vars(r))
+               for r in caplog.records)
     assert db.session.query(Notification).one().status == "logged"
 
 

@@ -27,6 +27,8 @@ class UserSchema(Schema):
     status = fields.Function(lambda u: u.status.value)
     role = fields.Function(lambda u: u.role.value)
     created_at = fields.DateTime()
+    email_verified = fields.Boolean(metadata={
+        "description": "The address was confirmed through the link emailed to it."})
 
 
 def _client_name_field() -> fields.String:
