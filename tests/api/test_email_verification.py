@@ -354,7 +354,7 @@ def test_usage_emails_carry_names_and_prompts_only_once_the_address_is_verified(
     allowance = notifications.UsageAllowance(plan="trial", period_key=period, monthly_limit=10,
                                              period_end=datetime(2031, 1, 1, tzinfo=timezone.utc),
                                              overage_allowed=False)
-    notifications.check_usage_thresholds(db.session, job, allowance, now)
+    notifications.check_usage_thresholds(db.session, job, allowance, now, sender=sender)
     db.session.commit()
     deliver_all(app, sender)
     unverified = smtp.messages[-1]
@@ -366,7 +366,7 @@ def test_usage_emails_carry_names_and_prompts_only_once_the_address_is_verified(
     db.session.expire_all()
     job = db.session.get(Job, job.id)
     db.session.query(MonthlyUsage).update({"generation_count": 10})
-    notifications.check_usage_thresholds(db.session, job, allowance, now)
+    notifications.check_usage_thresholds(db.session, job, allowance, now, sender=sender)
     db.session.commit()
     deliver_all(app, sender)
     verified = smtp.messages[-1]
