@@ -189,6 +189,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "KEY_MAINTENANCE_INTERVAL_SECONDS": _int(env, "KEY_MAINTENANCE_INTERVAL_SECONDS", 60),
         "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
         "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
+        # Beat records a heartbeat this often; /health/ready calls it stale after four intervals missed.
+        "SCHEDULER_HEARTBEAT_SECONDS": _int(env, "SCHEDULER_HEARTBEAT_SECONDS", 15),
         # storage
         "STORAGE_BACKEND": storage_backend,
         "LOCAL_STORAGE_PATH": str(Path(env.get("LOCAL_STORAGE_PATH") or instance / "audio").resolve()),
@@ -257,6 +259,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
         "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     }
+    if cfg["SCHEDULER_HEARTBEAT_SECONDS"] < 1:
+        raise ConfigError("SCHEDULER_HEARTBEAT_SECONDS must be at least 1")
     if cfg["WORKER_CONCURRENCY"] < 1:
         raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:

@@ -1,7 +1,7 @@
 """The Celery app: `celery -A workers worker` (threads by default; any pool, see sfx_backend/worker_process.py)."""
 import logging
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from sfx_backend import create_app
 from sfx_backend.config import prepare_worker_metrics
@@ -60,3 +60,20 @@ def _reset_after_fork(**_: object) -> None:
     """In each prefork child, before its first task: never use a connection the parent opened."""
     from sfx_backend.worker_process import reset_after_fork
     reset_after_fork(flask_app)
+
+
+_reclaim_timer = None
+
+
+@worker_ready.connect
+def _reclaim_expired_leases(**_: object) -> None:
+    """A starting worker sends again the jobs of a worker that died, without waiting for beat's sweeper."""
+    global _reclaim_timer
+    from sfx_backend.worker_process import reclaim_after_start
+    _reclaim_timer = reclaim_after_start(flask_app)
+
+
+@worker_shutdown.connect
+def _stop_reclaiming(**_: object) -> None:
+    if _reclaim_timer is not None:
+        _reclaim_timer.cancel()

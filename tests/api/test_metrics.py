@@ -182,3 +182,17 @@ def test_requests_refused_by_an_earlier_before_request_hook_are_timed_too():
     before = metrics.REGISTRY.get_sample_value(name, labels) or 0.0
     assert app.test_client().get("/refused").status_code == 429
     assert metrics.REGISTRY.get_sample_value(name, labels) == before + 1
+
+
+def test_the_schedulers_heartbeat_age_is_exported_and_reads_infinite_before_any_beat(app, client):
+    from datetime import timedelta
+
+    from sfx_backend.models import utcnow
+    from sfx_backend.services.heartbeat import SCHEDULER, record_beat
+
+    # Never beat: infinitely old, so `sfx_scheduler_heartbeat_age_seconds > 120` fires for a beat that never ran.
+    assert scrape(client)[("sfx_scheduler_heartbeat_age_seconds", ())] == float("inf")
+    record_beat(db.session, SCHEDULER, utcnow() - timedelta(seconds=90))
+    db.session.commit()
+    age = scrape(client)[("sfx_scheduler_heartbeat_age_seconds", ())]
+    assert 90 <= age < 120

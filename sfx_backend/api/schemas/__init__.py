@@ -139,9 +139,17 @@ class UsageCurrentSchema(Schema):
     overage_allowed = fields.Boolean()
 
 
+class SchedulerStateSchema(Schema):
+    status = fields.String(metadata={"enum": ["ok", "stale", "missing", "unknown"]})
+    last_beat_at = fields.DateTime(allow_none=True)
+    age_seconds = fields.Float(allow_none=True, metadata={"description": "Seconds since beat's last heartbeat."})
+    stale_after_seconds = fields.Float(allow_none=True)
+
+
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+    scheduler = fields.Nested(SchedulerStateSchema, metadata={"description": "Beat's heartbeat (ready only)."})
 
 
 # -- accounts, usage insight and admin (issue 5) -------------------------------------------------
