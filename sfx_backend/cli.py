@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app wsgi users create-admin ...`, `flask --app wsgi keys add|list|sync`."""
+"""Operator commands: `flask --app wsgi users create-admin ...`, `keys add|list|sync`, `billing retry-failed`."""
 from __future__ import annotations
 
 import click
@@ -12,6 +12,7 @@ from .runtime import runtime
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 keys_cli = AppGroup("keys", help="Manage the upstream (ElevenLabs) key pool.")
+billing_cli = AppGroup("billing", help="Stripe webhook events.")
 
 
 @users_cli.command("create-admin")
@@ -82,6 +83,26 @@ def keys_rotate_encryption() -> None:
     click.echo(f"re-encrypted {count} keys under the newest KEY_ENCRYPTION_KEY")
 
 
+@billing_cli.command("retry-failed")
+@click.argument("event_ids", nargs=-1)
+def billing_retry_failed(event_ids: tuple[str, ...]) -> None:
+    """Try failed Stripe events again from scratch (all of them, or the ids given), once the cause is fixed."""
+    from .models import StripeEvent, StripeEventStatus
+    from .queue import BILLING_APPLY_TASK
+    from .services.dispatch import after_commit
+
+    query = sa.update(StripeEvent).where(StripeEvent.status == StripeEventStatus.FAILED.value)
+    if event_ids:
+        query = query.where(StripeEvent.id.in_(event_ids))
+    ids = db.session.scalars(query.values(status=StripeEventStatus.RECEIVED.value, attempts=0, applied_at=None,
+                                          next_attempt_at=None).returning(StripeEvent.id)).all()
+    for event_id in ids:
+        after_commit(db.session, BILLING_APPLY_TASK, [event_id])
+    db.session.commit()
+    click.echo(f"{len(ids)} failed events sent to be applied again")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)
+    app.cli.add_command(billing_cli)

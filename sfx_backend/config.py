@@ -227,6 +227,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "BILLING_PAST_DUE_GRACE_DAYS": _int(env, "BILLING_PAST_DUE_GRACE_DAYS", 7),
         "BILLING_PORTAL_RETURN_URL": env.get("BILLING_PORTAL_RETURN_URL") or None,
         "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 20.0),
+        # Tries at applying one webhook event (backing off from 15 s to an hour) before it is marked failed.
+        "STRIPE_EVENT_MAX_ATTEMPTS": _int(env, "STRIPE_EVENT_MAX_ATTEMPTS", 10),
         # email
         "SMTP_HOST": env.get("SMTP_HOST") or None,
         "SMTP_PORT": _int(env, "SMTP_PORT", 587),
@@ -259,6 +261,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
         "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     }
+    if cfg["STRIPE_EVENT_MAX_ATTEMPTS"] < 1:
+        raise ConfigError("STRIPE_EVENT_MAX_ATTEMPTS must be at least 1")
     if cfg["SCHEDULER_HEARTBEAT_SECONDS"] < 1:
         raise ConfigError("SCHEDULER_HEARTBEAT_SECONDS must be at least 1")
     if cfg["WORKER_CONCURRENCY"] < 1:

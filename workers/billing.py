@@ -16,9 +16,6 @@ from sfx_backend.services.billing_events import BillingEvents
 from sfx_backend.services.billing_usage import MeterReporter, owed_work
 from sfx_backend.services.dispatch import task_sender
 
-MAX_APPLY_RETRIES = 20
-
-
 def build_billing() -> BillingEvents:
     cfg = current_app.config
     return BillingEvents(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
@@ -30,8 +27,9 @@ def build_reporter() -> MeterReporter:
     return MeterReporter(db.session, stripe_client(settings, retries=0), settings, runtime().clock)
 
 
+# No retry cap of Celery's: the service counts tries in the row and fails the event at STRIPE_EVENT_MAX_ATTEMPTS.
 @shared_task(name=BILLING_APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-             max_retries=MAX_APPLY_RETRIES, ignore_result=True)
+             max_retries=None, ignore_result=True)
 def apply_event(self, event_id: str) -> str:
     """Apply one stored Stripe event; safe to run twice (the row's status says whether it is done)."""
     try:
