@@ -1,6 +1,11 @@
 """Operator commands: `flask --app wsgi users create-admin ...`, `keys add|list|sync`, `billing retry-failed`."""
 from __future__ import annotations
 
+import getpass
+import os
+import socket
+from typing import Any
+
 import click
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -43,6 +48,23 @@ def _pool():
     return build_key_pool()
 
 
+def cli_actor() -> str:
+    """Who runs an operator command, for the audit trail: `cli:<os user>`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"[:128]
+
+
+def _audit(action: str, key: ApiKey | None, command: str, **details: Any) -> None:
+    """Record a change to the key pool made by this command, in its transaction."""
+    from .services import audit
+
+    audit.record_key_change(db.session, action, key, runtime().clock(), actor_name=cli_actor(),
+                            command=command, host=socket.gethostname(), **details)
+
+
 @keys_cli.command("add")
 @click.argument("name")
 @click.argument("key")
@@ -50,6 +72,8 @@ def _pool():
 def keys_add(name: str, key: str, concurrency: int | None) -> None:
     """Add an upstream key (stored encrypted)."""
     stored, created = _pool().add(name, key, max_concurrency=concurrency)
+    if created:
+        _audit("api_key.added", stored, "keys add", max_concurrency=stored.max_concurrency)
     db.session.commit()
     click.echo(f"{'added' if created else 'already present'}: {stored.key_name} (...{stored.last4})")
 
@@ -71,6 +95,8 @@ def keys_sync() -> None:
     """Import the keys in ELEVEN_LABS_API_KEYS (by fingerprint; known keys are left as they are)."""
     secrets = current_app.config["ELEVEN_LABS_API_KEYS"]
     created = _pool().sync(secrets)
+    for key in created:
+        _audit("api_key.added", key, "keys sync", source="ELEVEN_LABS_API_KEYS")
     db.session.commit()
     click.echo(f"{len(secrets)} configured, {len(created)} new")
 
@@ -79,6 +105,7 @@ def keys_sync() -> None:
 def keys_rotate_encryption() -> None:
     """Re-encrypt every stored key under the newest KEY_ENCRYPTION_KEY (list it first, keep the old ones after it)."""
     count = _pool().rotate_encryption()
+    _audit("api_keys.encryption_rotated", None, "keys rotate-encryption", keys=count)
     db.session.commit()
     click.echo(f"re-encrypted {count} keys under the newest KEY_ENCRYPTION_KEY")
 

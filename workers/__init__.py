@@ -40,12 +40,20 @@ def _sync_configured_keys(**_: object) -> None:
     """Import ELEVEN_LABS_API_KEYS into the pool at start-up (by fingerprint: known keys are kept as they are)."""
     if not flask_app.config["ELEVEN_LABS_API_KEYS"]:
         return
+    import socket
+
     from sfx_backend.extensions import db
+    from sfx_backend.models import utcnow
+    from sfx_backend.services import audit
     from sfx_backend.workers_support import build_key_pool
 
     with flask_app.app_context():
         try:
             created = build_key_pool().sync(flask_app.config["ELEVEN_LABS_API_KEYS"])
+            for key in created:
+                audit.record_key_change(db.session, "api_key.added", key, utcnow(),
+                                        actor_name=f"worker:{socket.gethostname()}"[:128],
+                                        source="ELEVEN_LABS_API_KEYS")
             db.session.commit()
         except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
             db.session.rollback()

@@ -1,15 +1,23 @@
-"""The upstream key pool for operators: /admin/api-keys. No response ever carries a key's secret."""
+"""The upstream key pool for operators: /admin/api-keys. No response ever carries a key's secret.
+
+Every change (add, update, enable, disable, check) is in the audit trail with the admin who made it
+and the client address it came from; the trail names keys as the API does, never by their secret.
+"""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
+from flask import g, request
+from flask_jwt_extended import current_user
 from marshmallow import Schema, fields, validate
 
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..extensions import db
 from ..models import ApiKey, ApiKeyStatus, Job, JobAttempt
 from ..runtime import runtime
+from ..services import audit
 from ..services.key_stats import key_figures
 from ..auth import admin_required
 from ..workers_support import build_key_pool
@@ -107,6 +115,13 @@ def _figures_for(key: ApiKey) -> dict:
     return key_figures(db.session, build_key_pool(), runtime().clock())[key.id]
 
 
+def _audit(action: str, key: ApiKey, **details: Any) -> None:
+    """Record `action` on `key` by the calling admin, from the request's client address (same transaction)."""
+    audit.record_key_change(db.session, action, key, runtime().clock(), actor=current_user,
+                            client_address=request.remote_addr, request_id=getattr(g, "request_id", None),
+                            **details)
+
+
 def _get(key_id: uuid.UUID) -> ApiKey:
     key = db.session.get(ApiKey, key_id)
     if key is None:
@@ -138,6 +153,7 @@ def add_key(body):
     if not created:
         db.session.rollback()
         raise Conflict(f"This key is already in the pool as {key.key_name!r}.")
+    _audit("api_key.added", key, max_concurrency=key.max_concurrency, daily_limit=key.daily_limit)
     db.session.commit()
     return _serialize(key, _figures_for(key))
 
@@ -154,6 +170,8 @@ def patch_key(body, key_id: uuid.UUID):
         raise ValidationFailed("Send at least one of name, enabled, max_concurrency, daily_limit.",
                                errors={"_schema": ["Empty update."]})
     key = _get(key_id)
+    before = {"name": key.key_name, "max_concurrency": key.max_concurrency, "daily_limit": key.daily_limit,
+              "status": key.status.value}
     if "name" in body:
         key.key_name = body["name"]
     if "max_concurrency" in body:
@@ -165,6 +183,11 @@ def patch_key(body, key_id: uuid.UUID):
         key.consecutive_failures = 0
     elif body.get("enabled") is False:
         key.status, key.status_reason = ApiKeyStatus.DISABLED, "disabled by an operator"
+    after = {"name": key.key_name, "max_concurrency": key.max_concurrency, "daily_limit": key.daily_limit,
+             "status": key.status.value}
+    action = {True: "api_key.enabled", False: "api_key.disabled"}.get(body.get("enabled"), "api_key.updated")
+    _audit(action, key, changes={field: {"from": before[field], "to": after[field]}
+                                 for field in before if before[field] != after[field]})
     db.session.commit()
     return _serialize(key, _figures_for(key))
 
@@ -180,10 +203,14 @@ def check_key(key_id: uuid.UUID):
     from flask import current_app
 
     key = _get(key_id)
+    status_before = key.status.value
     cfg = current_app.config
     with ElevenLabsClient(base_url=cfg["ELEVEN_LABS_BASE_URL"], connect_timeout=cfg["ELEVEN_LABS_CONNECT_TIMEOUT"],
                           read_timeout=cfg["ELEVEN_LABS_READ_TIMEOUT"]) as client:
         probe = build_key_pool().probe(key, client)
+    db.session.flush()
+    db.session.refresh(key)  # a failed probe reports the key's fault with an UPDATE of its own
+    _audit("api_key.checked", key, probe=dict(probe), status_before=status_before, status_after=key.status.value)
     db.session.commit()
     return {"key": _serialize(key, _figures_for(key)), "probe": probe}
 

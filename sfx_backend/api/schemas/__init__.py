@@ -343,6 +343,9 @@ class AuditEntrySchema(Schema):
     created_at = fields.DateTime()
     actor_id = fields.UUID(allow_none=True)
     actor_email = fields.String(allow_none=True)
+    actor_name = fields.String(allow_none=True, metadata={
+        "description": "An actor that is not a user account: `cli:<os user>` for the operator commands."})
+    client_address = fields.String(allow_none=True, metadata={"description": "Where an API request came from."})
     action = fields.String()
     target_type = fields.String()
     target_id = fields.String(allow_none=True)
