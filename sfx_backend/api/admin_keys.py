@@ -94,6 +94,8 @@ class AttemptSchema(Schema):
     upstream_code = fields.String(allow_none=True)
     upstream_cost = fields.Integer(allow_none=True)
     outcome = fields.String()
+    upstream_message = fields.String(allow_none=True, metadata={
+        "description": "What the upstream said about a failed call (keys scrubbed). Never shown to the user."})
 
 
 class AdminJobSchema(JobSchema):
