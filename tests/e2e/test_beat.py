@@ -4,7 +4,8 @@ The job row is the truth and the message only a hint: a job committed while its 
 (the broker was down at submit) is re-sent by beat's sweeper. These runs lose the message on
 purpose (the API publishes into a broker no worker reads) and require the plain beat command, next
 to the plain worker command, to finish the job, in the production mode (PostgreSQL, Redis) and in
-the embedded one (SQLite, the filesystem broker, no Redis).
+the embedded one (SQLite, the filesystem broker, no Redis). The same beat keeps a heartbeat that
+`/health/ready` and `/metrics` report, in both modes, and that goes stale once beat stops.
 """
 from __future__ import annotations
 
