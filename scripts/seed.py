@@ -68,12 +68,11 @@ def print_plans(app) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     app = create_app()
-    from sfx_backend.runtime import runtime
-    from sfx_backend.services.users import UserService
-    from sfx_backend.workers_support import build_key_pool
+    from sfx_backend import wiring
 
     with app.app_context():
-        users = UserService(db.session, runtime().hasher)
+        wired = wiring.current()
+        users = wired.user_service()
         if args.admin_email:
             print(seed_admin(users, args.admin_email, args.admin_password))
         if args.demo_users:
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo users: {args.demo_users} wanted, {len(created)} created")
         if not args.no_keys:
             configured = app.config["ELEVEN_LABS_API_KEYS"]
-            created_keys = build_key_pool().sync(configured)
+            created_keys = wired.key_pool().sync(configured)
             print(f"upstream keys: {len(configured)} configured, {len(created_keys)} new")
         db.session.commit()
         print_plans(app)

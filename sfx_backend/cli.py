@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from . import wiring
 from .extensions import db
 from .models import ApiKey, UserRole
-from .runtime import runtime
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 keys_cli = AppGroup("keys", help="Manage the upstream (ElevenLabs) key pool.")
@@ -25,11 +25,9 @@ billing_cli = AppGroup("billing", help="Stripe webhook events.")
 @click.option("--password", required=True, help="At least 10 characters.")
 def create_admin(email: str, password: str) -> None:
     """Create an admin account, or promote an existing one (its password is then reset)."""
-    from .services.users import UserService
-
     if len(password) < 10:
         raise click.BadParameter("the password needs at least 10 characters", param_hint="--password")
-    users = UserService(db.session, runtime().hasher)
+    users = wiring.current().user_service()
     user = users.by_email(email)
     if user is None:
         user = users.register(email, password, role=UserRole.ADMIN)
@@ -43,9 +41,7 @@ def create_admin(email: str, password: str) -> None:
 
 
 def _pool():
-    from .workers_support import build_key_pool
-
-    return build_key_pool()
+    return wiring.current().key_pool()
 
 
 def cli_actor() -> str:
@@ -61,7 +57,7 @@ def _audit(action: str, key: ApiKey | None, command: str, **details: Any) -> Non
     """Record a change to the key pool made by this command, in its transaction."""
     from .services import audit
 
-    audit.record_key_change(db.session, action, key, runtime().clock(), actor_name=cli_actor(),
+    audit.record_key_change(db.session, action, key, wiring.current().runtime.clock(), actor_name=cli_actor(),
                             command=command, host=socket.gethostname(), **details)
 
 
@@ -115,8 +111,7 @@ def keys_rotate_encryption() -> None:
 def billing_retry_failed(event_ids: tuple[str, ...]) -> None:
     """Try failed Stripe events again from scratch (all of them, or the ids given), once the cause is fixed."""
     from .models import StripeEvent, StripeEventStatus
-    from .queue import BILLING_APPLY_TASK
-    from .services.dispatch import after_commit
+    from .services.dispatch import BILLING_APPLY_TASK, after_commit
 
     query = sa.update(StripeEvent).where(StripeEvent.status == StripeEventStatus.FAILED.value)
     if event_ids:
@@ -124,7 +119,7 @@ def billing_retry_failed(event_ids: tuple[str, ...]) -> None:
     ids = db.session.scalars(query.values(status=StripeEventStatus.RECEIVED.value, attempts=0, applied_at=None,
                                           next_attempt_at=None).returning(StripeEvent.id)).all()
     for event_id in ids:
-        after_commit(db.session, BILLING_APPLY_TASK, [event_id])
+        after_commit(db.session, BILLING_APPLY_TASK, [event_id], sender=wiring.current().runtime.tasks)
     db.session.commit()
     click.echo(f"{len(ids)} failed events sent to be applied again")
 

@@ -33,6 +33,7 @@ wait for beat's sweeper, or, with beat down, for the broker's visibility timeout
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -101,7 +102,7 @@ def choose_pool(worker: Any) -> str:
 def reset_after_fork(app: Flask) -> None:
     """At `worker_process_init`, in each pool child: drop what the parent opened, before any task runs."""
     from .extensions import db
-    from .runtime import build_provider, build_storage
+    from .wiring import build_provider, build_storage
 
     with app.app_context():
         for engine in db.engines.values():
@@ -111,10 +112,42 @@ def reset_after_fork(app: Flask) -> None:
     runtime.storage = build_storage(app.config)
 
 
+def sync_configured_keys(app: Flask) -> int:
+    """At `worker_init`: import ELEVEN_LABS_API_KEYS into the pool, each new key in the audit trail; returns how many.
+
+    Known keys (by fingerprint) are kept as they are. A failure is logged: the worker still serves the
+    pool it has.
+    """
+    secrets = app.config["ELEVEN_LABS_API_KEYS"]
+    if not secrets:
+        return 0
+    from . import wiring
+    from .extensions import db
+    from .services import audit
+
+    with app.app_context():
+        try:
+            wired = wiring.current()
+            created = wired.key_pool().sync(secrets)
+            for key in created:
+                audit.record_key_change(db.session, "api_key.added", key, wired.runtime.clock(),
+                                        actor_name=f"worker:{socket.gethostname()}"[:128],
+                                        source="ELEVEN_LABS_API_KEYS")
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
+            db.session.rollback()
+            log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})
+            return 0
+    # not `created`: that is a LogRecord attribute, which `extra` may not overwrite
+    log.info("upstream keys synced", extra={"event": "keys_synced", "keys_created": len(created)})
+    return len(created)
+
+
 def reclaim_lost_jobs(app: Flask) -> int:
     """Put back to queued and send again the running jobs whose lease expired; returns how many."""
     from .extensions import db
     from .runtime import runtime
+    from .services.dispatch import GENERATE_TASK
     from .services.maintenance import reclaim_expired_leases
 
     with app.app_context():
@@ -130,7 +163,7 @@ def reclaim_lost_jobs(app: Flask) -> int:
             db.session.remove()
         for job_id in ids:
             try:
-                rt.job_queue.enqueue_generation(str(job_id))
+                rt.tasks.send(GENERATE_TASK, [str(job_id)])
             except Exception:  # noqa: BLE001 - the job is queued in the database: the sweeper sends it
                 log.exception("could not send a reclaimed job", extra={"event": "task_send_failed",
                                                                        "job_id": str(job_id)})

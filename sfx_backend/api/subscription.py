@@ -6,11 +6,10 @@ from flask import current_app
 from flask_jwt_extended import current_user, jwt_required
 from marshmallow import Schema, fields, validate
 
-from .. import plans
+from .. import plans, wiring
 from ..extensions import db
 from ..plans import PAID_PLANS
-from ..runtime import runtime
-from ..services.billing import BillingService, BillingSettings
+from ..services.billing import BillingService
 from .common import BEARER, Blueprint, problem_responses
 
 blp = Blueprint("subscription", __name__, url_prefix="/subscription", description="Plans and Stripe billing")
@@ -100,8 +99,7 @@ class OverageCapSchema(Schema):
 
 
 def service() -> BillingService:
-    cfg = current_app.config
-    return BillingService(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
+    return wiring.current().billing_service()
 
 
 @blp.route("/plans", methods=["GET"])

@@ -1,13 +1,12 @@
 """GET/PUT /user/profile and DELETE /user/account: the caller's own account."""
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import g
 from flask_jwt_extended import current_user, jwt_required
 
+from .. import wiring
 from ..extensions import db
-from ..runtime import runtime
-from ..services.accounts import AccountService, StripeSettings
-from ..services.users import UserService
+from ..services.accounts import AccountService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
 from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema
@@ -16,11 +15,7 @@ blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's 
 
 
 def _accounts() -> AccountService:
-    rt = runtime()
-    cfg = current_app.config
-    return AccountService(db.session, UserService(db.session, rt.hasher), rt.clock,
-                          job_lease_seconds=cfg["JOB_LEASE_SECONDS"],
-                          stripe_settings=StripeSettings(cfg["STRIPE_SECRET_KEY"], cfg["STRIPE_API_BASE"]))
+    return wiring.current().account_service()
 
 
 @blp.route("/profile", methods=["GET"])
@@ -35,6 +30,7 @@ def profile():
 
 @blp.route("/profile", methods=["PUT"])
 @jwt_required()
+@limits.profile_changes
 @limits.password_checks
 @blp.arguments(ProfileUpdateSchema)
 @blp.response(200, UserSchema)

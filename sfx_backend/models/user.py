@@ -49,10 +49,13 @@ class User(db.Model):
 
 
 class AuthSession(db.Model):
-    """One login: both tokens carry its id (`sid`), so logout revokes the pair at once.
+    """One login (a plugin instance, a browser): both tokens carry its id (`sid`), so ending it stops
+    the pair at once and leaves the user's other sessions alone.
 
-    The refresh token rotates: only `refresh_jti` is accepted, and presenting an older one (a stolen
-    or replayed token) revokes the whole session.
+    The refresh token rotates in one conditional update: only `refresh_jti` rotates. The token it
+    replaced (`previous_refresh_jti`) presented again within the reuse grace gets the current pair
+    again (rebuilt from `access_jti`, `refresh_jti` and `issued_at`, so it is the same pair); any
+    older token, or that one later, ends the session as a stolen token would.
     """
 
     __tablename__ = "auth_sessions"
@@ -60,7 +63,13 @@ class AuthSession(db.Model):
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
                                                nullable=False, index=True)
+    client_name: Mapped[str | None] = mapped_column(sa.String(200))
     refresh_jti: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    access_jti: Mapped[str | None] = mapped_column(sa.String(64))
+    previous_refresh_jti: Mapped[str | None] = mapped_column(sa.String(64))
+    # When the current token pair was made: both tokens' `iat`, and the start of the reuse grace.
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

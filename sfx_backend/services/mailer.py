@@ -7,7 +7,7 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Any, Mapping, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,3 @@ class LogMailer:
             "event": "email_logged", "to": message["To"], "subject": message["Subject"],
             "body": text.get_content() if text is not None else ""})
         return "logged"
-
-
-def build_mailer(config: Mapping[str, Any]) -> Mailer:
-    """SMTP when `SMTP_HOST` is set, else the log."""
-    if not config.get("SMTP_HOST"):
-        return LogMailer()
-    return SmtpMailer(config["SMTP_HOST"], int(config.get("SMTP_PORT") or 587), config.get("SMTP_USER"),
-                      config.get("SMTP_PASS"), timeout=float(config.get("SMTP_TIMEOUT", 10.0)))

@@ -22,8 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..models import Job, Notification, NotificationKind, NotificationStatus, User
-from ..queue import NOTIFY_TASK
-from .dispatch import TaskSender, after_commit
+from . import quota
+from .dispatch import NOTIFY_TASK, TaskSender, after_commit
 from .mailer import MailError, Mailer, build_message
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ def render(kind: str, payload: Mapping[str, Any]) -> tuple[str, str, str]:
 
 # -- recording triggers --------------------------------------------------------------------------
 def notify(session: Session, *, user_id: uuid.UUID | None, kind: NotificationKind, period_key: str,
-           recipient: str, payload: dict[str, Any], now: datetime,
-           sender: TaskSender | None = None) -> Notification | None:
+           recipient: str, payload: dict[str, Any], now: datetime, sender: TaskSender) -> Notification | None:
     """Owe one email for this trigger; None if it is already owed or sent (the trigger repeated)."""
     note = Notification(id=uuid.uuid4(), user_id=user_id, kind=kind.value, period_key=period_key,
                         recipient=recipient, payload=payload, status=NotificationStatus.PENDING.value,
@@ -92,15 +91,16 @@ def _who(user: User) -> dict[str, Any]:
     return {"first_name": user.first_name}
 
 
-def welcome(session: Session, user: User, trial_limit: int, now: datetime,
-            sender: TaskSender | None = None) -> Notification | None:
+def welcome(session: Session, user: User, trial_limit: int, now: datetime, *,
+            sender: TaskSender) -> Notification | None:
+    """On registration: one welcome email."""
     return notify(session, user_id=user.id, kind=NotificationKind.WELCOME, period_key="once",
                   recipient=user.email, payload={**_who(user), "limit": trial_limit}, now=now, sender=sender)
 
 
 def payment_failed(session: Session, user: User, *, invoice_id: str, plan: str, now: datetime,
-                   amount_cents: int | None = None, currency: str = "usd", action_url: str | None = None,
-                   sender: TaskSender | None = None) -> Notification | None:
+                   sender: TaskSender, amount_cents: int | None = None, currency: str = "usd",
+                   action_url: str | None = None) -> Notification | None:
     """For the billing webhooks: one email per failed invoice."""
     amount = f"{amount_cents / 100:.2f} {currency.upper()}" if amount_cents is not None else None
     return notify(session, user_id=user.id, kind=NotificationKind.PAYMENT_FAILED, period_key=invoice_id,
@@ -109,8 +109,7 @@ def payment_failed(session: Session, user: User, *, invoice_id: str, plan: str, 
 
 
 def subscription_canceled(session: Session, user: User, *, subscription_id: str, plan: str, now: datetime,
-                          ends_at: datetime | None = None,
-                          sender: TaskSender | None = None) -> Notification | None:
+                          sender: TaskSender, ends_at: datetime | None = None) -> Notification | None:
     """For the billing webhooks: one email per canceled subscription."""
     return notify(session, user_id=user.id, kind=NotificationKind.SUBSCRIPTION_CANCELED,
                   period_key=subscription_id, recipient=user.email,
@@ -118,8 +117,7 @@ def subscription_canceled(session: Session, user: User, *, subscription_id: str,
                   now=now, sender=sender)
 
 
-def account_deleted(session: Session, user: User, now: datetime,
-                    sender: TaskSender | None = None) -> Notification | None:
+def account_deleted(session: Session, user: User, now: datetime, *, sender: TaskSender) -> Notification | None:
     """Owed before the user row goes: the row keeps the address until the message is out."""
     return notify(session, user_id=user.id, kind=NotificationKind.ACCOUNT_DELETED, period_key="once",
                   recipient=user.email, payload=_who(user), now=now, sender=sender)
@@ -136,8 +134,8 @@ class UsageAllowance:
     overage_allowed: bool
 
 
-def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance, now: datetime,
-                           sender: TaskSender | None = None) -> Notification | None:
+def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance, now: datetime, *,
+                           sender: TaskSender) -> Notification | None:
     """After a job's unit is settled: owe the 80% or 100% email if this settlement crossed it."""
     if job.user_id is None or allowance.period_key != job.quota_period or allowance.monthly_limit <= 0:
         return None
@@ -162,29 +160,26 @@ def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance
                   recipient=user.email, payload=payload, now=now, sender=sender)
 
 
-def on_generation_settled(session: Session, job: Job, now: datetime) -> None:
+def on_generation_settled(session: Session, job: Job, now: datetime, *, trial_limit: int,
+                          sender: TaskSender) -> None:
     """The runner's hook after a successful settlement (before its commit). Never raises.
 
-    Works in a SAVEPOINT, so a failure here rolls back only its own statements, and the email task
-    is sent only if the runner's transaction commits.
+    Bound to the app's trial limit and task sender in sfx_backend/wiring.py. Works in a SAVEPOINT, so a
+    failure here rolls back only its own statements, and the email task is sent only if the runner's
+    transaction commits.
     """
+    if job.user_id is None:
+        return
     try:
-        from flask import current_app, has_app_context
-
-        if not has_app_context() or job.user_id is None:
-            return
-        from . import quota
-
-        cfg = current_app.config
         with session.begin_nested():
             user = session.get(User, job.user_id)
             if user is None:
                 return
-            current = quota.allowance_for(session, user, now, cfg["TRIAL_GENERATION_LIMIT"])
+            current = quota.allowance_for(session, user, now, trial_limit)
             allowance = UsageAllowance(plan=current.plan, period_key=current.period_key,
                                        period_end=current.period_end, monthly_limit=current.monthly_limit,
                                        overage_allowed=current.overage_allowed)
-            check_usage_thresholds(session, job, allowance, now)
+            check_usage_thresholds(session, job, allowance, now, sender=sender)
     except Exception:  # noqa: BLE001 - an email must never fail a generation
         log.exception("could not record a usage email", extra={"event": "usage_email_error",
                                                                "job_id": str(job.id)})

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from sfx_backend.extensions import db
-from sfx_backend.models import ApiKey, ApiKeyStatus, AuditEntry, JobAttempt, User, UserRole, utcnow
+from sfx_backend.models import ApiKey, AuditEntry, JobAttempt, User, UserRole, utcnow
 from tests.support.fake_elevenlabs import FakeElevenLabs
 
 SECRET = "sk_upstream_secret_value_7Q2Z"
@@ -168,13 +168,12 @@ def test_key_commands_on_the_cli_are_audited_as_the_os_user(app, admin):
     assert "other_value" not in json.dumps([e["details"] for e in trail])
 
 
-def test_keys_a_starting_worker_imports_from_its_configuration_are_audited(app, admin, monkeypatch):
-    import workers
+def test_keys_a_starting_worker_imports_from_its_configuration_are_audited(app, admin):
+    from sfx_backend.worker_process import sync_configured_keys
 
-    monkeypatch.setattr(workers, "flask_app", app)
     app.config["ELEVEN_LABS_API_KEYS"] = [SECRET]
-    workers._sync_configured_keys()
-    workers._sync_configured_keys()  # known by fingerprint the second time: nothing added, nothing recorded
+    assert sync_configured_keys(app) == 1  # what the worker_init hook in workers/app.py runs
+    assert sync_configured_keys(app) == 0  # known by fingerprint the second time: nothing added, nothing recorded
     [entry] = _trail(admin)
     assert (entry["action"], entry["actor_name"], entry["actor_id"]) == (
         "api_key.added", f"worker:{socket.gethostname()}", None)

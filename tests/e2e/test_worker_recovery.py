@@ -17,7 +17,7 @@ import pytest
 from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus, utcnow
-from tests.conftest import FAST_HASH, make_environ
+from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
 from tests.support.processes import start_celery_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def worker_env(request, tmp_path, encryption_key, redis_db):
                            CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
                            CELERY_QUEUE=f"sfx-recovery-{uuid.uuid4().hex[:8]}")
     else:
-        env = {"APP_ENV": "test", "INSTANCE_PATH": str(instance), **LEASE}
+        env = {"APP_ENV": "test", "INSTANCE_PATH": str(instance), **TEST_SECRETS, **LEASE}
     return mode, env, pool_args
 
 

@@ -9,17 +9,20 @@ import pytest
 
 from sfx_backend.extensions import db
 from sfx_backend.models import Notification, NotificationKind, User
-from sfx_backend.queue import NOTIFY_SWEEP_TASK, NOTIFY_TASK
 from sfx_backend.services import notifications
-from sfx_backend.services.mailer import LogMailer, SmtpMailer, build_mailer
+from sfx_backend.services.dispatch import NOTIFY_SWEEP_TASK, NOTIFY_TASK
+from sfx_backend.services.mailer import LogMailer, SmtpMailer
 from sfx_backend.services.notifications import NotificationService, RetryLater
-from tests.support.mail import RecordingSender, SmtpSink
+from sfx_backend.wiring import build_mailer
+from tests.support.mail import SmtpSink
+from tests.support.tasks import RecordingTasks
 
 
 @pytest.fixture
-def sender(app) -> RecordingSender:
-    app.extensions["sfx_tasks"] = RecordingSender()
-    return app.extensions["sfx_tasks"]
+def sender(tasks) -> RecordingTasks:
+    """The app's recorded tasks, from this point on."""
+    tasks.sent.clear()
+    return tasks
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def service(app, mailer=None) -> NotificationService:
                                app.config["MAIL_FROM"])
 
 
-def deliver_sent(app, sender: RecordingSender) -> list[str]:
+def deliver_sent(app, sender: RecordingTasks) -> list[str]:
     """Run every email task the sender recorded, as the worker would."""
     return [service(app).deliver(uuid.UUID(args[0])) for args in sender.named(NOTIFY_TASK)]
 
@@ -89,7 +92,7 @@ def _usage_note(app, user: User, used: int, limit: int, prompt: str) -> Notifica
     allowance = notifications.UsageAllowance(plan="trial", period_key=period, monthly_limit=limit,
                                              period_end=datetime(2031, 1, 1, tzinfo=timezone.utc),
                                              overage_allowed=False)
-    note = notifications.check_usage_thresholds(db.session, job, allowance, now)
+    note = notifications.check_usage_thresholds(db.session, job, allowance, now, sender=app.extensions["sfx"].tasks)
     db.session.commit()
     return note
 
@@ -204,7 +207,7 @@ def test_a_rolled_back_trigger_sends_no_task(app, user, sender):
     account = db.session.get(User, uuid.UUID(user.id))
     sender.sent.clear()
     notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro",
-                                 now=datetime.now(timezone.utc), amount_cents=2900)
+                                 now=datetime.now(timezone.utc), sender=sender, amount_cents=2900)
     db.session.rollback()
     assert sender.sent == []
     assert db.session.query(Notification).filter_by(kind=NotificationKind.PAYMENT_FAILED.value).count() == 0
@@ -215,10 +218,10 @@ def test_billing_emails_render_and_go_out_once_per_invoice_and_subscription(app,
     now = datetime.now(timezone.utc)
     sender.sent.clear()
     for _ in range(2):  # a redelivered webhook
-        notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro", now=now,
+        notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro", now=now, sender=sender,
                                      amount_cents=2900, action_url="https://billing.example/update")
         notifications.subscription_canceled(db.session, account, subscription_id="sub_9", plan="pro", now=now,
-                                            ends_at=datetime(2030, 5, 17, tzinfo=timezone.utc))
+                                            sender=sender, ends_at=datetime(2030, 5, 17, tzinfo=timezone.utc))
         db.session.commit()
     assert deliver_sent(app, sender) == ["sent", "sent"]
     failed, canceled = smtp.messages

@@ -19,9 +19,15 @@ from sfx_backend.services.billing_events import BillingEvents
 from sfx_backend.services.billing_usage import owed_work
 from tests.support.billing import *  # noqa: F401,F403 - fixtures
 from tests.support.billing import post_event, subscribe
-from workers.billing import build_billing
 
 APPLY = "sfx.billing.apply_event"
+
+
+def build_billing():
+    """The service the apply task runs, as the task builds it."""
+    from sfx_backend import wiring
+
+    return wiring.current().billing_events()
 
 
 class WorkerKilled(BaseException):

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus, utcnow
+from sfx_backend.services.dispatch import GENERATE_TASK
 from sfx_backend.worker_process import reclaim_after_start, reclaim_lost_jobs
 
 
@@ -30,10 +31,10 @@ def _stuck_jobs(user, queue, dead: int, alive: int) -> tuple[list[str], list[str
     return dead_ids, alive_ids
 
 
-def test_a_starting_worker_requeues_and_sends_jobs_whose_lease_expired_only(app, user, queue):
+def test_a_starting_worker_requeues_and_sends_jobs_whose_lease_expired_only(app, user, queue, tasks):
     dead, alive = _stuck_jobs(user, queue, dead=2, alive=1)
     queued = user.generate("waiting its turn").get_json()["id"]
-    queue.sent.clear()
+    tasks.take(GENERATE_TASK)
     assert reclaim_lost_jobs(app) == 2
     assert sorted(job for job, _ in queue.sent) == sorted(dead)
     db.session.expire_all()
@@ -46,9 +47,9 @@ def test_a_starting_worker_requeues_and_sends_jobs_whose_lease_expired_only(app,
     assert reclaim_lost_jobs(app) == 0  # taken once
 
 
-def test_workers_starting_at_once_send_each_reclaimed_job_exactly_once(app, user, queue):
+def test_workers_starting_at_once_send_each_reclaimed_job_exactly_once(app, user, queue, tasks):
     dead, _ = _stuck_jobs(user, queue, dead=8, alive=2)
-    queue.sent.clear()
+    tasks.take(GENERATE_TASK)
     starting = threading.Barrier(6)
     counts: list[int] = []
 
@@ -64,12 +65,12 @@ def test_workers_starting_at_once_send_each_reclaimed_job_exactly_once(app, user
     assert sorted(job for job, _ in queue.sent) == sorted(dead)  # no job sent twice
 
 
-def test_a_lease_still_running_at_start_is_reclaimed_once_a_lease_length_has_passed(app, user, queue):
+def test_a_lease_still_running_at_start_is_reclaimed_once_a_lease_length_has_passed(app, user, queue, tasks):
     # The worker that died was restarted at once: its lease still runs at this start and lapses soon.
     app.config["JOB_LEASE_SECONDS"] = 1
     _, [dying] = _stuck_jobs(user, queue, dead=0, alive=1)
     _set(dying, lease_until=utcnow() + timedelta(seconds=1))
-    queue.sent.clear()
+    tasks.take(GENERATE_TASK)
     timer = reclaim_after_start(app)
     try:
         assert queue.sent == []

@@ -29,16 +29,24 @@ class UserSchema(Schema):
     created_at = fields.DateTime()
 
 
+def _client_name_field() -> fields.String:
+    return fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200), metadata={
+        "description": "What this session is listed as in `GET /auth/sessions` (e.g. the plugin and its host); "
+                       "default: the User-Agent.", "example": "SFX Plugin 1.4 (Ableton Live 12)"})
+
+
 class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=255))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=10, max=1024))
     first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
     last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    client_name = _client_name_field()
 
 
 class LoginSchema(Schema):
     email = fields.String(required=True, validate=validate.Length(min=1, max=255))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+    client_name = _client_name_field()
 
 
 class TokenPairSchema(Schema):
@@ -57,6 +65,19 @@ class VerifySchema(Schema):
 
 class MessageSchema(Schema):
     message = fields.String()
+
+
+class SessionSchema(Schema):
+    id = fields.UUID(required=True)
+    client_name = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    last_used_at = fields.DateTime(required=True, metadata={
+        "description": "The last sign-in, refresh or request with this session's tokens (to the minute)."})
+    current = fields.Boolean(required=True, metadata={"description": "Whether this is the caller's own session."})
+
+
+class SessionListSchema(Schema):
+    items = fields.List(fields.Nested(SessionSchema), required=True)
 
 
 class StrictBoolean(fields.Boolean):
