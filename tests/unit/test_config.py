@@ -73,7 +73,7 @@ def test_outside_development_local_storage_needs_a_url_signing_secret_of_its_own
 
 
 def test_no_other_secret_is_derived_from_the_jwt_secret(tmp_path):
-    from sfx_backend.runtime import build_cipher, build_storage
+    from sfx_backend.wiring import build_cipher, build_storage
     from sfx_backend.storage.local import InvalidSignature, LocalStorage
 
     first = load_config({"INSTANCE_PATH": str(tmp_path), "JWT_SECRET": "first-" + LONG})
@@ -92,7 +92,7 @@ def test_no_other_secret_is_derived_from_the_jwt_secret(tmp_path):
 
 
 def test_outside_development_upstream_keys_need_a_configured_encryption_key():
-    from sfx_backend.runtime import build_cipher
+    from sfx_backend.wiring import build_cipher
 
     cfg = load_config({"APP_ENV": "test", "JWT_SECRET": LONG, "URL_SIGNING_SECRET": "u" + LONG})
     assert build_cipher(cfg) is None  # no published development key outside development

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+from tests.conftest import TEST_SECRETS
 from tests.support.processes import REPO_ROOT
 
 TASKS = ["sfx.accounts.purge_deleted_audio", "sfx.billing.apply_event", "sfx.billing.send_meter_event",
@@ -14,7 +15,7 @@ TASKS = ["sfx.accounts.purge_deleted_audio", "sfx.billing.apply_event", "sfx.bil
 
 def _python(code: str, tmp_path) -> dict:
     env = {"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), "CELERY_BROKER_URL": "memory://",
-           "LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"}
+           "LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin", **TEST_SECRETS}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
