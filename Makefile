@@ -66,8 +66,20 @@ worker: $(STAMP)
 beat: $(STAMP)
 	$(BIN)/celery -A workers beat --loglevel INFO
 
+# Flower shows every task's arguments and can stop workers: it runs only with FLOWER_BASIC_AUTH (user:password,
+# read by Flower from the environment, so the password stays off the command line) or Flower's FLOWER_AUTH,
+# or open when asked for explicitly: `make flower FLOWER_UNAUTHENTICATED=1` (or that variable in the environment).
 flower: $(STAMP)
-	$(BIN)/celery -A workers flower --address=127.0.0.1 --port=5555 $${FLOWER_BASIC_AUTH:+--basic-auth=$$FLOWER_BASIC_AUTH}
+	@if [ -n "$$FLOWER_BASIC_AUTH$$FLOWER_AUTH" ]; then \
+		exec $(BIN)/celery -A workers flower --address=127.0.0.1 --port=5555; \
+	elif [ "$(FLOWER_UNAUTHENTICATED)" = 1 ]; then \
+		echo "make flower: running Flower without authentication (FLOWER_UNAUTHENTICATED=1)" >&2; \
+		unset FLOWER_BASIC_AUTH; exec $(BIN)/celery -A workers flower --address=127.0.0.1 --port=5555; \
+	else \
+		echo "make flower: refusing to run Flower without authentication. Set FLOWER_BASIC_AUTH=user:password," >&2; \
+		echo "or run it open on purpose with FLOWER_UNAUTHENTICATED=1 (make flower FLOWER_UNAUTHENTICATED=1)." >&2; \
+		exit 2; \
+	fi
 
 BENCH_ARGS ?=
 bench: $(STAMP) services

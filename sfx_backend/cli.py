@@ -1,5 +1,10 @@
-"""Operator commands: `flask --app wsgi users create-admin ...`, `flask --app wsgi keys add|list|sync`."""
+"""Operator commands: `flask --app wsgi users create-admin ...`, `keys add|list|sync`, `billing retry-failed`."""
 from __future__ import annotations
+
+import getpass
+import os
+import socket
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -12,6 +17,7 @@ from .models import ApiKey, UserRole
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 keys_cli = AppGroup("keys", help="Manage the upstream (ElevenLabs) key pool.")
+billing_cli = AppGroup("billing", help="Stripe webhook events.")
 
 
 @users_cli.command("create-admin")
@@ -39,6 +45,23 @@ def _pool():
     return wiring.current().key_pool()
 
 
+def cli_actor() -> str:
+    """Who runs an operator command, for the audit trail: `cli:<os user>`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"[:128]
+
+
+def _audit(action: str, key: ApiKey | None, command: str, **details: Any) -> None:
+    """Record a change to the key pool made by this command, in its transaction."""
+    from .services import audit
+
+    audit.record_key_change(db.session, action, key, wiring.current().runtime.clock(), actor_name=cli_actor(),
+                            command=command, host=socket.gethostname(), **details)
+
+
 @keys_cli.command("add")
 @click.argument("name")
 @click.argument("key")
@@ -46,6 +69,8 @@ def _pool():
 def keys_add(name: str, key: str, concurrency: int | None) -> None:
     """Add an upstream key (stored encrypted)."""
     stored, created = _pool().add(name, key, max_concurrency=concurrency)
+    if created:
+        _audit("api_key.added", stored, "keys add", max_concurrency=stored.max_concurrency)
     db.session.commit()
     click.echo(f"{'added' if created else 'already present'}: {stored.key_name} (...{stored.last4})")
 
@@ -67,6 +92,8 @@ def keys_sync() -> None:
     """Import the keys in ELEVEN_LABS_API_KEYS (by fingerprint; known keys are left as they are)."""
     secrets = current_app.config["ELEVEN_LABS_API_KEYS"]
     created = _pool().sync(secrets)
+    for key in created:
+        _audit("api_key.added", key, "keys sync", source="ELEVEN_LABS_API_KEYS")
     db.session.commit()
     click.echo(f"{len(secrets)} configured, {len(created)} new")
 
@@ -75,10 +102,30 @@ def keys_sync() -> None:
 def keys_rotate_encryption() -> None:
     """Re-encrypt every stored key under the newest KEY_ENCRYPTION_KEY (list it first, keep the old ones after it)."""
     count = _pool().rotate_encryption()
+    _audit("api_keys.encryption_rotated", None, "keys rotate-encryption", keys=count)
     db.session.commit()
     click.echo(f"re-encrypted {count} keys under the newest KEY_ENCRYPTION_KEY")
+
+
+@billing_cli.command("retry-failed")
+@click.argument("event_ids", nargs=-1)
+def billing_retry_failed(event_ids: tuple[str, ...]) -> None:
+    """Try failed Stripe events again from scratch (all of them, or the ids given), once the cause is fixed."""
+    from .models import StripeEvent, StripeEventStatus
+    from .services.dispatch import BILLING_APPLY_TASK, after_commit
+
+    query = sa.update(StripeEvent).where(StripeEvent.status == StripeEventStatus.FAILED.value)
+    if event_ids:
+        query = query.where(StripeEvent.id.in_(event_ids))
+    ids = db.session.scalars(query.values(status=StripeEventStatus.RECEIVED.value, attempts=0, applied_at=None,
+                                          next_attempt_at=None).returning(StripeEvent.id)).all()
+    for event_id in ids:
+        after_commit(db.session, BILLING_APPLY_TASK, [event_id], sender=wiring.current().runtime.tasks)
+    db.session.commit()
+    click.echo(f"{len(ids)} failed events sent to be applied again")
 
 
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)
+    app.cli.add_command(billing_cli)

@@ -254,6 +254,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "KEY_MAINTENANCE_INTERVAL_SECONDS": _int(env, "KEY_MAINTENANCE_INTERVAL_SECONDS", 60),
         "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
         "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
+        # Beat records a heartbeat this often; /health/ready calls it stale after four intervals missed.
+        "SCHEDULER_HEARTBEAT_SECONDS": _int(env, "SCHEDULER_HEARTBEAT_SECONDS", 15),
         # storage
         "STORAGE_BACKEND": storage_backend,
         "LOCAL_STORAGE_PATH": str(Path(env.get("LOCAL_STORAGE_PATH") or instance / "audio").resolve()),
@@ -294,6 +296,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # an open redirect through a trusted-looking checkout page.
         "BILLING_REDIRECT_HOSTS": redirect_hosts(env.get("BILLING_REDIRECT_HOSTS"), api_base_url),
         "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 20.0),
+        # Tries at applying one webhook event (backing off from 15 s to an hour) before it is marked failed.
+        "STRIPE_EVENT_MAX_ATTEMPTS": _int(env, "STRIPE_EVENT_MAX_ATTEMPTS", 10),
         # email
         "SMTP_HOST": env.get("SMTP_HOST") or None,
         "SMTP_PORT": _int(env, "SMTP_PORT", 587),
@@ -328,6 +332,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
     if app_env != "development" and DEV_KEY_ENCRYPTION_KEY in cfg["KEY_ENCRYPTION_KEY"]:
         raise ConfigError("KEY_ENCRYPTION_KEY holds the published development key; generate one of your own")
+    if cfg["STRIPE_EVENT_MAX_ATTEMPTS"] < 1:
+        raise ConfigError("STRIPE_EVENT_MAX_ATTEMPTS must be at least 1")
+    if cfg["SCHEDULER_HEARTBEAT_SECONDS"] < 1:
+        raise ConfigError("SCHEDULER_HEARTBEAT_SECONDS must be at least 1")
     if cfg["WORKER_CONCURRENCY"] < 1:
         raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:

@@ -78,11 +78,13 @@ def start_worker_exporter(config: Mapping[str, Any]) -> int | None:
     from prometheus_client import start_http_server
 
     registry = event_registry(config.get("PROMETHEUS_MULTIPROC_DIR"))
+    # Loopback unless configured: the figures name upstream keys, and the exporter has no authentication.
+    host = config.get("WORKER_METRICS_HOST") or "127.0.0.1"
     try:
-        start_http_server(int(port), addr=config.get("WORKER_METRICS_HOST") or "127.0.0.1", registry=registry)
+        start_http_server(int(port), addr=host, registry=registry)
     except OSError as exc:  # a busy port must not keep the worker from working
         log.error("worker metrics exporter not started", extra={"event": "metrics_exporter_failed",
-                                                                "port": port, "error": str(exc)})
+                                                                "host": host, "port": port, "error": str(exc)})
         return None
-    log.info("worker metrics exporter listening", extra={"event": "metrics_exporter", "port": port})
+    log.info("worker metrics exporter listening", extra={"event": "metrics_exporter", "host": host, "port": port})
     return int(port)

@@ -23,6 +23,8 @@ def make_celery(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    from .scheduler import scheduler_for
+
     celery = Celery(app.import_name, task_cls=FlaskTask)
     broker = cfg["CELERY_BROKER_URL"]
     transport_options: dict = {"visibility_timeout": cfg["CELERY_VISIBILITY_TIMEOUT"]}
@@ -41,6 +43,8 @@ def make_celery(app: Flask) -> Celery:
         # Beat's own bookkeeping goes in the instance folder, not the directory the command runs in
         # (`celery -A workers beat` as typed would otherwise leave a schedule file in the checkout).
         beat_schedule_filename=str(Path(cfg["INSTANCE_PATH"]) / "celerybeat-schedule"),
+        # Celery's default scheduler plus a heartbeat in the database: /health/ready and /metrics report its age.
+        beat_scheduler=scheduler_for(app),
         task_default_queue=cfg["CELERY_QUEUE"],
         task_ignore_result=True,  # nobody reads task results: the job row is the result
         result_backend=None,

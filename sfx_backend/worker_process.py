@@ -25,10 +25,16 @@ What a prefork child must not share with its parent, and how each is handled:
 - Heartbeat threads and the lease holder name: services/generation.py renews them at fork.
 - The key pool's slot signal: a condition no thread of the main process holds (no task runs there).
 - Worker metrics: counted in the children, served by the main process (config.prepare_worker_metrics).
+
+A worker that starts sends again the jobs whose lease expired (`reclaim_after_start`, at
+`worker_ready`, in the main process whatever the pool), so a job whose worker was killed does not
+wait for beat's sweeper, or, with beat down, for the broker's visibility timeout.
 """
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
 
 import click
@@ -104,3 +110,76 @@ def reset_after_fork(app: Flask) -> None:
     runtime = app.extensions["sfx"]
     runtime.provider = build_provider(app.config)
     runtime.storage = build_storage(app.config)
+
+
+def sync_configured_keys(app: Flask) -> int:
+    """At `worker_init`: import ELEVEN_LABS_API_KEYS into the pool, each new key in the audit trail; returns how many.
+
+    Known keys (by fingerprint) are kept as they are. A failure is logged: the worker still serves the
+    pool it has.
+    """
+    secrets = app.config["ELEVEN_LABS_API_KEYS"]
+    if not secrets:
+        return 0
+    from . import wiring
+    from .extensions import db
+    from .services import audit
+
+    with app.app_context():
+        try:
+            wired = wiring.current()
+            created = wired.key_pool().sync(secrets)
+            for key in created:
+                audit.record_key_change(db.session, "api_key.added", key, wired.runtime.clock(),
+                                        actor_name=f"worker:{socket.gethostname()}"[:128],
+                                        source="ELEVEN_LABS_API_KEYS")
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
+            db.session.rollback()
+            log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})
+            return 0
+    # not `created`: that is a LogRecord attribute, which `extra` may not overwrite
+    log.info("upstream keys synced", extra={"event": "keys_synced", "keys_created": len(created)})
+    return len(created)
+
+
+def reclaim_lost_jobs(app: Flask) -> int:
+    """Put back to queued and send again the running jobs whose lease expired; returns how many."""
+    from .extensions import db
+    from .runtime import runtime
+    from .services.dispatch import GENERATE_TASK
+    from .services.maintenance import reclaim_expired_leases
+
+    with app.app_context():
+        rt = runtime()
+        try:
+            ids = reclaim_expired_leases(db.session, rt.clock())
+            db.session.commit()  # before sending: the runner claims only a queued job (or an expired lease)
+        except Exception:  # noqa: BLE001 - a worker that cannot reclaim still serves; beat's sweeper will
+            db.session.rollback()
+            log.exception("could not reclaim jobs at start", extra={"event": "jobs_reclaim_failed"})
+            return 0
+        finally:
+            db.session.remove()
+        for job_id in ids:
+            try:
+                rt.tasks.send(GENERATE_TASK, [str(job_id)])
+            except Exception:  # noqa: BLE001 - the job is queued in the database: the sweeper sends it
+                log.exception("could not send a reclaimed job", extra={"event": "task_send_failed",
+                                                                       "job_id": str(job_id)})
+    return len(ids)
+
+
+def reclaim_after_start(app: Flask) -> threading.Timer:
+    """At `worker_ready`: reclaim expired leases now, and again once a lease's length has passed.
+
+    The second pass is for a worker restarted right after its predecessor was killed: that one's
+    leases were still running at this start and lapse within JOB_LEASE_SECONDS (live workers renew
+    theirs, so their jobs are never taken). Returns the pending timer (a daemon thread).
+    """
+    reclaim_lost_jobs(app)
+    later = threading.Timer(app.config["JOB_LEASE_SECONDS"] + 1.0, reclaim_lost_jobs, args=(app,))
+    later.daemon = True
+    later.name = "reclaim-expired-leases"
+    later.start()
+    return later

@@ -1,12 +1,13 @@
 """The Celery app of `celery -A workers ...`: the Flask app built from the environment, its Celery app, the
-tasks, and the worker's start-up hooks (pool choice, metrics exporter, key sync, fork safety).
+tasks, and the worker's start-up hooks (pool choice, metrics exporter, key sync, fork safety, the reclaim
+of jobs whose worker died).
 
 Imported when Celery loads the app (the `workers` package hands it over lazily), never by a task module:
 importing `workers.jobs` in a test builds nothing.
 """
 import logging
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from sfx_backend import create_app
 from sfx_backend.config import prepare_worker_metrics
@@ -41,21 +42,8 @@ def _serve_worker_metrics(**_: object) -> None:
 @worker_init.connect
 def _sync_configured_keys(**_: object) -> None:
     """Import ELEVEN_LABS_API_KEYS into the pool at start-up (by fingerprint: known keys are kept as they are)."""
-    if not flask_app.config["ELEVEN_LABS_API_KEYS"]:
-        return
-    from sfx_backend import wiring
-    from sfx_backend.extensions import db
-
-    with flask_app.app_context():
-        try:
-            created = wiring.current().key_pool().sync(flask_app.config["ELEVEN_LABS_API_KEYS"])
-            db.session.commit()
-        except Exception:  # noqa: BLE001 - a worker without new keys still serves the pool it has
-            db.session.rollback()
-            log.exception("could not sync ELEVEN_LABS_API_KEYS", extra={"event": "keys_sync_failed"})
-            return
-    # not `created`: that is a LogRecord attribute, which `extra` may not overwrite
-    log.info("upstream keys synced", extra={"event": "keys_synced", "keys_created": len(created)})
+    from sfx_backend.worker_process import sync_configured_keys
+    sync_configured_keys(flask_app)
 
 
 @worker_process_init.connect
@@ -63,3 +51,20 @@ def _reset_after_fork(**_: object) -> None:
     """In each prefork child, before its first task: never use a connection the parent opened."""
     from sfx_backend.worker_process import reset_after_fork
     reset_after_fork(flask_app)
+
+
+_reclaim_timer = None
+
+
+@worker_ready.connect
+def _reclaim_expired_leases(**_: object) -> None:
+    """A starting worker sends again the jobs of a worker that died, without waiting for beat's sweeper."""
+    global _reclaim_timer
+    from sfx_backend.worker_process import reclaim_after_start
+    _reclaim_timer = reclaim_after_start(flask_app)
+
+
+@worker_shutdown.connect
+def _stop_reclaiming(**_: object) -> None:
+    if _reclaim_timer is not None:
+        _reclaim_timer.cancel()

@@ -14,11 +14,9 @@ from sfx_backend.services.billing import RetryLater
 from sfx_backend.services.billing_usage import owed_work
 from sfx_backend.services.dispatch import BILLING_APPLY_TASK, BILLING_SWEEP_TASK, METER_TASK
 
-MAX_APPLY_RETRIES = 20
-
-
+# No retry cap of Celery's: the service counts tries in the row and fails the event at STRIPE_EVENT_MAX_ATTEMPTS.
 @shared_task(name=BILLING_APPLY_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-             max_retries=MAX_APPLY_RETRIES, ignore_result=True)
+             max_retries=None, ignore_result=True)
 def apply_event(self, event_id: str) -> str:
     """Apply one stored Stripe event; safe to run twice (the row's status says whether it is done)."""
     try:

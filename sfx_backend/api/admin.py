@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import current_app, g
+from flask import current_app, g, request
 from flask_jwt_extended import current_user
 
 from .. import plans, wiring
@@ -89,7 +89,7 @@ def set_status(body, user_id: uuid.UUID):
     rt = runtime()
     accounts = wiring.current().account_service()
     user = accounts.set_status(current_user, user_id, UserStatus(body["status"]), body["reason"],
-                               getattr(g, "request_id", None))
+                               getattr(g, "request_id", None), request.remote_addr)
     db.session.commit()
     return analytics.admin_user_items(db.session, plans.catalogue(current_app.config), rt.clock(), [user])[0]
 

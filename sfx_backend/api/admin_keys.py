@@ -1,9 +1,16 @@
-"""The upstream key pool for operators: /admin/api-keys. No response ever carries a key's secret."""
+"""The upstream key pool for operators: /admin/api-keys. No response ever carries a key's secret.
+
+Every change (add, update, enable, disable, check) is in the audit trail with the admin who made it
+and the client address it came from; the trail names keys as the API does, never by their secret.
+"""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
+from flask import g, request
+from flask_jwt_extended import current_user
 from marshmallow import Schema, fields, validate
 
 from .. import wiring
@@ -12,6 +19,7 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..extensions import db
 from ..models import ApiKey, ApiKeyStatus, Job, JobAttempt
 from ..runtime import runtime
+from ..services import audit
 from ..services.key_stats import key_figures
 from .common import BEARER, Blueprint, problem_responses
 from .jobs import serialize_job
@@ -86,6 +94,8 @@ class AttemptSchema(Schema):
     upstream_code = fields.String(allow_none=True)
     upstream_cost = fields.Integer(allow_none=True)
     outcome = fields.String()
+    upstream_message = fields.String(allow_none=True, metadata={
+        "description": "What the upstream said about a failed call (keys scrubbed). Never shown to the user."})
 
 
 class AdminJobSchema(JobSchema):
@@ -105,6 +115,13 @@ def _serialize(key: ApiKey, figures: dict) -> dict:
 
 def _figures_for(key: ApiKey) -> dict:
     return key_figures(db.session, wiring.current().key_pool(), runtime().clock())[key.id]
+
+
+def _audit(action: str, key: ApiKey, **details: Any) -> None:
+    """Record `action` on `key` by the calling admin, from the request's client address (same transaction)."""
+    audit.record_key_change(db.session, action, key, runtime().clock(), actor=current_user,
+                            client_address=request.remote_addr, request_id=getattr(g, "request_id", None),
+                            **details)
 
 
 def _get(key_id: uuid.UUID) -> ApiKey:
@@ -139,6 +156,7 @@ def add_key(body):
     if not created:
         db.session.rollback()
         raise Conflict(f"This key is already in the pool as {key.key_name!r}.")
+    _audit("api_key.added", key, max_concurrency=key.max_concurrency, daily_limit=key.daily_limit)
     db.session.commit()
     return _serialize(key, _figures_for(key))
 
@@ -154,7 +172,15 @@ def patch_key(body, key_id: uuid.UUID):
     if not body:
         raise ValidationFailed("Send at least one of name, enabled, max_concurrency, daily_limit.",
                                errors={"_schema": ["Empty update."]})
-    key = wiring.current().key_pool().update(_get(key_id), **body)
+    key = _get(key_id)
+    before = {"name": key.key_name, "max_concurrency": key.max_concurrency, "daily_limit": key.daily_limit,
+              "status": key.status.value}
+    key = wiring.current().key_pool().update(key, **body)
+    after = {"name": key.key_name, "max_concurrency": key.max_concurrency, "daily_limit": key.daily_limit,
+             "status": key.status.value}
+    action = {True: "api_key.enabled", False: "api_key.disabled"}.get(body.get("enabled"), "api_key.updated")
+    _audit(action, key, changes={field: {"from": before[field], "to": after[field]}
+                                 for field in before if before[field] != after[field]})
     db.session.commit()
     return _serialize(key, _figures_for(key))
 
@@ -167,9 +193,13 @@ def patch_key(body, key_id: uuid.UUID):
 def check_key(key_id: uuid.UUID):
     """Ask the upstream about this key now (validity, credits left) and apply what it says."""
     key = _get(key_id)
+    status_before = key.status.value
     wired = wiring.current()
     with wired.probe_client() as client:
         probe = wired.key_pool().probe(key, client)
+    db.session.flush()
+    db.session.refresh(key)  # a failed probe reports the key's fault with an UPDATE of its own
+    _audit("api_key.checked", key, probe=dict(probe), status_before=status_before, status_after=key.status.value)
     db.session.commit()
     return {"key": _serialize(key, _figures_for(key)), "probe": probe}
 

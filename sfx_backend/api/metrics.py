@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,6 +73,8 @@ class Snapshot:
     oldest_queued_age: float | None = None
     keys: list[dict[str, Any]] | None = None
     queues: dict[str, int] | None = None
+    scheduler_age: float | None = None  # seconds since beat's heartbeat; inf when it never beat
+    stripe_events: dict[str, int] | None = None  # status -> stored Stripe events
     database_up: bool = False
     broker_up: bool = False
     errors: list[str] = field(default_factory=list)
@@ -80,6 +83,7 @@ class Snapshot:
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 QUOTA_STATES = ("reserved", "settled", "refunded")
 KEY_STATUSES = ("active", "rate_limited", "disabled")
+STRIPE_EVENT_STATUSES = ("received", "applied", "ignored", "failed")
 
 
 def snapshot(app: Flask) -> Snapshot:
@@ -87,7 +91,8 @@ def snapshot(app: Flask) -> Snapshot:
     import sqlalchemy as sa
 
     from ..extensions import db
-    from ..models import ApiKey, Job, JobStatus, KeyLease
+    from ..models import ApiKey, Job, JobStatus, KeyLease, ServiceHeartbeat, StripeEvent
+    from ..services.heartbeat import SCHEDULER
 
     snap = Snapshot()
     now = datetime.now(timezone.utc)
@@ -110,6 +115,11 @@ def snapshot(app: Flask) -> Snapshot:
              "credits_remaining": k.credits_remaining,
              "cooldown_seconds": _seconds_until(k.cooldown_until, now)}
             for k in db.session.scalars(sa.select(ApiKey)).all()]
+        beat_at = db.session.scalar(sa.select(ServiceHeartbeat.beat_at).where(ServiceHeartbeat.name == SCHEDULER))
+        # Never beat reads as infinitely old, so the age alert fires for a beat that never started too.
+        snap.scheduler_age = math.inf if beat_at is None else max((now - beat_at).total_seconds(), 0.0)
+        snap.stripe_events = dict(db.session.execute(
+            sa.select(StripeEvent.status, sa.func.count()).group_by(StripeEvent.status)).all())
         snap.database_up = True
     except Exception as exc:  # noqa: BLE001 - a scrape reports a broken source, it does not fail
         log.warning("metrics: database not readable", extra={"event": "metrics_source_failed",
@@ -174,6 +184,17 @@ class SnapshotCollector:
             yield oldest
         if snap.keys is not None:
             yield from self._keys(snap.keys)
+        if snap.scheduler_age is not None:
+            age = GaugeMetricFamily("sfx_scheduler_heartbeat_age_seconds",
+                                    "Seconds since beat's last heartbeat (+Inf: none recorded).")
+            age.add_metric([], snap.scheduler_age)
+            yield age
+        if snap.stripe_events is not None:
+            events = GaugeMetricFamily("sfx_stripe_events", "Stored Stripe webhook events by status "
+                                       "(`failed`: gave up applying it).", labels=["status"])
+            for status in STRIPE_EVENT_STATUSES:
+                events.add_metric([status], float(snap.stripe_events.get(status, 0)))
+            yield events
         if snap.queues is not None:
             depth = GaugeMetricFamily("sfx_queue_depth", "Messages waiting in the broker queue.", labels=["queue"])
             for name, n in snap.queues.items():

@@ -3,6 +3,7 @@ from .audit import AuditEntry
 from .billing import (BillingCustomer, MeterEventStatus, OverageCharge, PlanType, StripeEvent,
                       StripeEventStatus, Subscription, SubscriptionStatus)
 from .deletion import StorageDeletion
+from .heartbeat import ServiceHeartbeat
 from .job import FINISHED, Job, JobAttempt, JobStatus, OutputFormat, QuotaState
 from .key_pool import ApiKey, ApiKeyStatus, KeyLease
 from .notification import Notification, NotificationKind, NotificationStatus
@@ -13,7 +14,7 @@ from .verification import EmailVerificationToken
 
 __all__ = [
     "BillingCustomer", "MeterEventStatus", "OverageCharge", "StripeEvent", "StripeEventStatus",
-    "AuditEntry", "Notification", "NotificationKind", "NotificationStatus", "StorageDeletion",
+    "AuditEntry", "Notification", "ServiceHeartbeat", "NotificationKind", "NotificationStatus", "StorageDeletion",
     "ApiKey", "ApiKeyStatus", "ApiUsage", "AuthSession", "FINISHED", "Job", "JobAttempt", "JobStatus", "KeyLease",
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
     "User", "UserRole", "UserStatus", "utcnow",

@@ -23,6 +23,10 @@ class AuditEntry(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     actor_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     actor_email: Mapped[str | None] = mapped_column(sa.String(255))
+    # An actor that is not a user account: `cli:<os user>` for the operator commands.
+    actor_name: Mapped[str | None] = mapped_column(sa.String(128))
+    # Where an API request came from (the client address, as the trusted proxies report it).
+    client_address: Mapped[str | None] = mapped_column(sa.String(64))
     action: Mapped[str] = mapped_column(sa.String(64), nullable=False)  # e.g. "user.status_changed"
     target_type: Mapped[str] = mapped_column(sa.String(32), nullable=False)  # "user" | "api_key" | ...
     target_id: Mapped[str | None] = mapped_column(sa.String(64))

@@ -102,6 +102,8 @@ class StripeEvent(db.Model):
     last_error: Mapped[str | None] = mapped_column(sa.String(255))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set as each attempt starts: the sweeper does not send the event again before then (backoff by attempts).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (sa.Index("idx_stripe_events_status_received", "status", "received_at"),)
 

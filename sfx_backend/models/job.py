@@ -102,3 +102,5 @@ class JobAttempt(db.Model):
     upstream_code: Mapped[str | None] = mapped_column(sa.String(64))
     upstream_cost: Mapped[int | None] = mapped_column(sa.Integer)
     outcome: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    # What the upstream said about a failed call (keys scrubbed): for operators, never shown to the user.
+    upstream_message: Mapped[str | None] = mapped_column(sa.Text)

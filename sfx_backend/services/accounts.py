@@ -158,7 +158,7 @@ class AccountService:
 
     # -- administrators --------------------------------------------------------------------------
     def set_status(self, admin: User, user_id: uuid.UUID, status: UserStatus, reason: str | None,
-                   request_id: str | None = None) -> User:
+                   request_id: str | None = None, client_address: str | None = None) -> User:
         """Change an account's status, with an audit entry. Suspending or canceling also cancels the
         account's queued jobs (their units are given back); generation is refused from now on."""
         user = self.session.get(User, user_id)
@@ -175,6 +175,7 @@ class AccountService:
             canceled = self._cancel_queued_jobs(user.id, now)
         audit.record(self.session, actor=admin, action="user.status_changed", target_type="user",
                      target_id=str(user.id), target_email=user.email, now=now, request_id=request_id,
+                     client_address=client_address,
                      details={"from": before.value, "to": status.value, "reason": reason,
                               "queued_jobs_canceled": canceled})
         log.info("user status changed", extra={"event": "user_status_changed", "user_id": str(user.id),

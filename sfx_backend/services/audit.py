@@ -8,18 +8,38 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import AuditEntry, User
+from ..models import ApiKey, AuditEntry, User
 
 
-def record(session: Session, *, actor: User, action: str, target_type: str, target_id: str | None,
-           now: datetime, target_email: str | None = None, details: dict[str, Any] | None = None,
+def record(session: Session, *, action: str, target_type: str, target_id: str | None, now: datetime,
+           actor: User | None = None, actor_name: str | None = None, client_address: str | None = None,
+           target_email: str | None = None, details: dict[str, Any] | None = None,
            request_id: str | None = None) -> AuditEntry:
-    """Add one entry to the caller's transaction (so the change and its record commit together)."""
-    entry = AuditEntry(id=uuid.uuid4(), created_at=now, actor_id=actor.id, actor_email=actor.email,
-                       action=action, target_type=target_type, target_id=target_id,
-                       target_email=target_email, details=details, request_id=request_id)
+    """Add one entry to the caller's transaction (so the change and its record commit together).
+
+    `actor` is the user who acted (API); `actor_name` names an actor that is no user (`cli:<os user>`);
+    `client_address` is where an API request came from.
+    """
+    entry = AuditEntry(id=uuid.uuid4(), created_at=now, actor_id=actor.id if actor else None,
+                       actor_email=actor.email if actor else None, actor_name=actor_name,
+                       client_address=client_address, action=action, target_type=target_type,
+                       target_id=target_id, target_email=target_email, details=details, request_id=request_id)
     session.add(entry)
     return entry
+
+
+def key_summary(key: ApiKey) -> dict[str, Any]:
+    """How the trail names an upstream key: never its secret, only what the API shows of it."""
+    return {"name": key.key_name, "fingerprint": key.key_hash[:16], "last4": key.last4}
+
+
+def record_key_change(session: Session, action: str, key: ApiKey | None, now: datetime, *,
+                      actor: User | None = None, actor_name: str | None = None, client_address: str | None = None,
+                      request_id: str | None = None, **details: Any) -> AuditEntry:
+    """An entry for a change to the upstream key pool (`key` None: the whole pool), named by `key_summary`."""
+    return record(session, action=action, target_type="api_key", target_id=str(key.id) if key else None,
+                  now=now, actor=actor, actor_name=actor_name, client_address=client_address,
+                  request_id=request_id, details={**(key_summary(key) if key else {}), **details})
 
 
 def entries(session: Session, page: int, per_page: int, *, action: str | None = None,

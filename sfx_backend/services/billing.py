@@ -85,6 +85,7 @@ class BillingSettings:
     grace: timedelta
     portal_return_url: str
     timeout: float = 20.0
+    event_max_attempts: int = 10  # tries at applying one webhook event before it is marked failed
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "BillingSettings":
@@ -96,7 +97,8 @@ class BillingSettings:
                    overage_prices={p: v for p, v in overage.items() if v},
                    grace=timedelta(days=cfg.get("BILLING_PAST_DUE_GRACE_DAYS", 7)),
                    portal_return_url=cfg.get("BILLING_PORTAL_RETURN_URL") or cfg.get("API_BASE_URL", ""),
-                   timeout=float(cfg.get("STRIPE_TIMEOUT_SECONDS", 20.0)))
+                   timeout=float(cfg.get("STRIPE_TIMEOUT_SECONDS", 20.0)),
+                   event_max_attempts=int(cfg.get("STRIPE_EVENT_MAX_ATTEMPTS", 10)))
 
     @property
     def tags(self) -> dict[str, str]:

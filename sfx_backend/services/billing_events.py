@@ -4,11 +4,13 @@
 transaction and owes the apply task after the commit; a redelivery conflicts and changes nothing.
 `apply_event` applies it: subscription and invoice events refetch the subscription from Stripe and
 mirror it, so duplicates and reordering converge; events of another app or environment (metadata
-tags) are ignored.
+tags) are ignored. Each try is counted (and the next one scheduled, `next_attempt_at`) before it is
+made; after STRIPE_EVENT_MAX_ATTEMPTS failed tries the event is `failed` (an alert, docs/operations.md).
 """
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any, Mapping
 
 import sqlalchemy as sa
@@ -46,38 +48,71 @@ class BillingEvents(BillingService):
         return True
 
     def apply_event(self, event_id: str) -> str:
-        """Apply one stored event (commits). Raises RetryLater when Stripe is unreachable."""
-        locking = self.session.get_bind().dialect.name == "postgresql"
-        row = self.session.get(StripeEvent, event_id, with_for_update=locking)
+        """Apply one stored event (commits); `failed` once STRIPE_EVENT_MAX_ATTEMPTS tries have failed.
+
+        Raises RetryLater (with a backoff by attempts) when a try failed and tries are left: Stripe
+        unreachable, or any error that is not Stripe refusing the request for good.
+        """
+        row = self._locked(event_id)
         if row is None or row.status != StripeEventStatus.RECEIVED.value:
             self.session.commit()
             return row.status if row else "missing"
+        # Counted, with the next try's time, in a transaction of its own before anything is tried: an
+        # unexpected error (rolled back) or a killed worker cannot lose the count, and the sweeper waits.
         row.attempts += 1
+        attempts = row.attempts
+        row.next_attempt_at = self.clock() + timedelta(seconds=retry_delay(attempts))
+        if attempts > self.settings.event_max_attempts:  # the previous tries never came back (workers died)
+            return self._give_up(event_id, row.last_error or "no attempt finished")
+        self.session.commit()
+        row = self._locked(event_id)
+        if row is None or row.status != StripeEventStatus.RECEIVED.value:  # another delivery finished it
+            self.session.commit()
+            return row.status if row else "missing"
         obj = (row.payload.get("data") or {}).get("object") or {}
         try:
             outcome = self._apply(row.type, obj)
-        except TRANSIENT as exc:
-            attempts = row.attempts
-            self.session.rollback()
-            self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
-                                 .values(attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:255]))
-            self.session.commit()
-            raise RetryLater(str(exc), countdown=min(15 * 2 ** (attempts - 1), 3600)) from exc
         except stripe.StripeError as exc:
-            self.session.rollback()
-            self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
-                                 .values(status=StripeEventStatus.FAILED.value, applied_at=self.clock(),
-                                         last_error=f"{type(exc).__name__}: {exc}"[:255]))
-            self.session.commit()
-            log.error("stripe event failed", extra={"event": "stripe_event_failed", "stripe_event": event_id})
-            return StripeEventStatus.FAILED.value
+            if not isinstance(exc, TRANSIENT):  # Stripe refused the request: trying again cannot help
+                return self._give_up(event_id, f"{type(exc).__name__}: {exc}")
+            return self._retry_or_give_up(event_id, attempts, exc)
+        except Exception as exc:  # noqa: BLE001 - anything else gets the same bounded, backed-off retries
+            log.exception("stripe event could not be applied", extra={
+                "event": "stripe_event_error", "stripe_event": event_id, "attempt": attempts})
+            return self._retry_or_give_up(event_id, attempts, exc)
         row.status = outcome
         row.applied_at = self.clock()
         row.last_error = None
+        row.next_attempt_at = None
         self.session.commit()
         log.info("stripe event %s", outcome, extra={"event": "stripe_event", "type": row.type,
                                                      "stripe_event": event_id})
         return outcome
+
+    def _locked(self, event_id: str) -> StripeEvent | None:
+        locking = self.session.get_bind().dialect.name == "postgresql"
+        return self.session.get(StripeEvent, event_id, with_for_update=locking, populate_existing=True)
+
+    def _retry_or_give_up(self, event_id: str, attempts: int, exc: BaseException) -> str:
+        """After a failed try: `failed` if it was the last one, else raise RetryLater after the backoff."""
+        error = f"{type(exc).__name__}: {exc}"
+        if attempts >= self.settings.event_max_attempts:
+            return self._give_up(event_id, error)
+        self.session.rollback()
+        self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
+                             .values(last_error=error[:255]))
+        self.session.commit()
+        raise RetryLater(str(exc) or type(exc).__name__, countdown=retry_delay(attempts)) from exc
+
+    def _give_up(self, event_id: str, error: str) -> str:
+        self.session.rollback()
+        self.session.execute(sa.update(StripeEvent).where(StripeEvent.id == event_id)
+                             .values(status=StripeEventStatus.FAILED.value, applied_at=self.clock(),
+                                     next_attempt_at=None, last_error=error[:255]))
+        self.session.commit()
+        log.error("stripe event failed", extra={"event": "stripe_event_failed", "stripe_event": event_id,
+                                                "error": error[:200]})
+        return StripeEventStatus.FAILED.value
 
     def _ours(self, metadata: Mapping[str, Any] | None) -> bool:
         metadata = metadata or {}
@@ -132,6 +167,11 @@ class BillingEvents(BillingService):
             if getattr(exc, "code", None) == "resource_missing" and fallback is not None:
                 return dict(fallback)  # gone from Stripe (deleted long ago): the event's copy is all there is
             raise
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after `attempts` tries: 15 s, doubling, at most an hour."""
+    return float(min(15 * 2 ** (max(attempts, 1) - 1), 3600))
 
 
 def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:

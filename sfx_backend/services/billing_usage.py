@@ -153,10 +153,15 @@ def _duplicate(exc: stripe.InvalidRequestError) -> bool:
 
 def owed_work(session: Session, now: datetime, older_than: timedelta,
               limit: int = 500) -> tuple[list[str], list[uuid.UUID]]:
-    """(event ids, overage charge ids) whose tasks seem lost: still pending after `older_than`."""
+    """(event ids, overage charge ids) whose tasks seem lost: still pending after `older_than`.
+
+    An event that was tried is due `older_than` after its next try was (`next_attempt_at`, which backs
+    off by attempts), not after it arrived: the task's own retry is waiting until then.
+    """
     cutoff = now - older_than
+    due = sa.func.coalesce(StripeEvent.next_attempt_at, StripeEvent.received_at)
     events = session.scalars(sa.select(StripeEvent.id).where(
-        StripeEvent.status == StripeEventStatus.RECEIVED.value, StripeEvent.received_at < cutoff)
+        StripeEvent.status == StripeEventStatus.RECEIVED.value, StripeEvent.received_at < cutoff, due < cutoff)
         .order_by(StripeEvent.received_at).limit(limit)).all()
     charges = session.scalars(sa.select(OverageCharge.id).where(
         OverageCharge.status == MeterEventStatus.PENDING.value, OverageCharge.created_at < cutoff)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 KEY_FAILURES = (FailureKind.KEY_INVALID, FailureKind.KEY_QUOTA, FailureKind.KEY_CONCURRENCY,
                 FailureKind.FORMAT_NOT_ALLOWED)
 WAITING_FOR_CAPACITY = "waiting_for_upstream_capacity"
+REJECTED_MESSAGE = ("The sound service refused this request: no sound was made and nothing was charged. "
+                    "Rewording the prompt or changing the duration or other settings may help.")
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 # Heartbeat loops run on reused threads: starting a thread per upstream call cost milliseconds on
@@ -272,7 +274,7 @@ class GenerationRunner(SpooledUploads):
                         or self._request(job, key, refused | {asked}).upstream_format is None):
                     raise  # no format left to try: `_after_failure` takes it as this key's failure
                 self._record_attempt(job, key, error.kind.value, error.http_status, error.upstream_code, None,
-                                     error.latency_ms)
+                                     error.latency_ms, message=error.message)
                 self.key_pool.refuse_format(key.id, asked)
                 self.session.commit()
                 refused |= {asked}
@@ -294,7 +296,7 @@ class GenerationRunner(SpooledUploads):
                        tried: set[uuid.UUID], extra: dict) -> RunResult | None:
         """Record and classify a failed call; None means: try again now on another key."""
         self._record_attempt(job, key, error.kind.value, error.http_status, error.upstream_code, None,
-                             error.latency_ms)
+                             error.latency_ms, message=error.message)
         if key is not None:
             self.key_pool.release(key.lease_id)
             self.key_pool.report_failure(key.id, error, reset_at=self._credit_reset(key, error))
@@ -306,8 +308,9 @@ class GenerationRunner(SpooledUploads):
                                                    "kind": error.kind.value, "code": error.upstream_code,
                                                    "http_status": error.http_status})
         if error.kind == FailureKind.REJECTED:
-            return self._fail(job, "upstream_rejected",
-                              "The sound service rejected this request: " + error.message[:300], key)
+            # Our words, not the upstream's: its text reaches the user unvetted (it may echo input, or say
+            # anything). What it said is in the attempt log, which only admins read.
+            return self._fail(job, "upstream_rejected", REJECTED_MESSAGE, key)
         exhausted = job.attempts >= self.settings.max_attempts
         if error.kind in KEY_FAILURES and key is not None and not exhausted:
             tried.add(key.id)
@@ -447,20 +450,25 @@ class GenerationRunner(SpooledUploads):
         return RunResult.done(JobStatus.FAILED.value)
 
     def _record_attempt(self, job: Job, key: LeasedKey | None, outcome: str, http_status: int | None,
-                        upstream_code: str | None, cost: int | None, latency_ms: int | None) -> None:
+                        upstream_code: str | None, cost: int | None, latency_ms: int | None,
+                        message: str | None = None) -> None:
         metrics.upstream_call(key and key.name, outcome, upstream_code or http_status, latency_ms)
         self._count_attempt(job, key.id if key else None, outcome, latency_ms, http_status=http_status,
-                            upstream_code=upstream_code, cost=cost)
+                            upstream_code=upstream_code, cost=cost, message=message)
 
     def _count_attempt(self, job: Job, key_id: uuid.UUID | None, outcome: str, latency_ms: int | None, *,
                        http_status: int | None = None, upstream_code: str | None = None, cost: int | None = None,
-                       started_at: datetime | None = None) -> None:
-        """One of the job's attempts, in `jobs.attempts` and `job_attempts` (no metric: callers decide)."""
+                       started_at: datetime | None = None, message: str | None = None) -> None:
+        """One of the job's attempts, in `jobs.attempts` and `job_attempts` (no metric: callers decide).
+
+        `message` is the upstream's own text about a failed call (keys already scrubbed): admins only.
+        """
         started = started_at or self.clock() - timedelta(milliseconds=latency_ms or 0)
         job.attempts += 1
         self.session.add(JobAttempt(job_id=job.id, api_key_id=key_id, provider=self.provider.name,
                                     started_at=started, latency_ms=latency_ms, http_status=http_status,
-                                    upstream_code=upstream_code, upstream_cost=cost, outcome=outcome))
+                                    upstream_code=upstream_code, upstream_cost=cost, outcome=outcome,
+                                    upstream_message=message[:1000] if message else None))
 
     def _backoff(self, attempt: int, retry_after: float | None, base: float | None = None,
                  cap: float | None = None) -> float:

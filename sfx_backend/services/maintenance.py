@@ -34,3 +34,23 @@ def stranded_jobs(session: Session, now: datetime, queued_grace: timedelta, limi
                         .execution_options(synchronize_session=False))
         log.warning("re-sending stranded jobs", extra={"event": "jobs_resent", "count": len(ids)})
     return ids
+
+
+def reclaim_expired_leases(session: Session, now: datetime, limit: int = 500) -> list[uuid.UUID]:
+    """Running jobs whose lease ran out, put back to queued; the caller commits, then sends each one.
+
+    One conditional UPDATE: of workers starting at once (or a worker and the sweeper), each row is
+    taken by exactly one, which alone sends it (PostgreSQL re-checks the WHERE on a row another
+    transaction changed first; SQLite runs one writer at a time). The caller must commit before
+    sending: the runner's claim needs the row queued, or its lease expired.
+    """
+    expired = sa.and_(Job.status == JobStatus.RUNNING, Job.lease_until < now)
+    candidates = sa.select(Job.id).where(expired).order_by(Job.created_at).limit(limit)
+    ids = list(session.scalars(
+        sa.update(Job).where(Job.id.in_(candidates), expired)
+        .values(status=JobStatus.QUEUED, lease_until=None, queue_reason="recovered_after_worker_loss",
+                updated_at=now)
+        .returning(Job.id).execution_options(synchronize_session=False)))
+    if ids:
+        log.warning("reclaiming jobs whose lease expired", extra={"event": "jobs_reclaimed", "count": len(ids)})
+    return ids

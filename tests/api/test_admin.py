@@ -64,7 +64,8 @@ def test_suspending_a_user_stops_generation_at_once_and_is_audited(app, admin, m
     target = make_user("noisy@example.com")
     queued = target.generate("queued before suspension").get_json()["id"]
     response = admin.client.put(f"/admin/user/{target.id}/status", headers=admin.headers,
-                                json={"status": "suspended", "reason": "chargeback"})
+                                json={"status": "suspended", "reason": "chargeback"},
+                                environ_base={"REMOTE_ADDR": "198.51.100.4"})
     assert response.status_code == 200
     assert response.get_json()["status"] == "suspended" and response.get_json()["email"] == "noisy@example.com"
 
@@ -82,6 +83,7 @@ def test_suspending_a_user_stops_generation_at_once_and_is_audited(app, admin, m
                                                                                  "noisy@example.com")
     assert entry["details"] == {"from": "trial", "to": "suspended", "reason": "chargeback", "queued_jobs_canceled": 1}
     assert entry["created_at"] and entry["request_id"]
+    assert (entry["client_address"], entry["actor_name"]) == ("198.51.100.4", None)  # from where
 
     admin.client.put(f"/admin/user/{target.id}/status", headers=admin.headers, json={"status": "active"})
     assert target.generate("welcome back").status_code == 202

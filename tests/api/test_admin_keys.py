@@ -1,10 +1,14 @@
 """Operators manage the upstream key pool over /admin/api-keys; secrets never come back out."""
+import getpass
+import json
+import socket
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from sfx_backend.extensions import db
-from sfx_backend.models import ApiKey, JobAttempt, User, UserRole, utcnow
+from sfx_backend.models import ApiKey, AuditEntry, JobAttempt, User, UserRole, utcnow
 from tests.support.fake_elevenlabs import FakeElevenLabs
 
 SECRET = "sk_upstream_secret_value_7Q2Z"
@@ -97,3 +101,80 @@ def test_admins_see_a_jobs_upstream_attempts(admin, user):
     assert body["user_id"] == user.id
     assert [(a["http_status"], a["outcome"]) for a in body["attempt_log"]] == [(500, "transient")]
     assert user.get(f"/admin/jobs/{job_id}").status_code == 403
+
+
+CLIENT = {"REMOTE_ADDR": "203.0.113.7"}
+
+
+def _trail(admin, **query) -> list[dict]:
+    response = admin.get("/admin/audit", query_string={"per_page": 100, **query})
+    assert response.status_code == 200
+    assert SECRET not in response.get_data(as_text=True) and "secret_value" not in response.get_data(as_text=True)
+    return response.get_json()["items"]
+
+
+def test_adding_changing_checking_and_disabling_keys_is_audited_with_who_and_from_where(app, admin):
+    with FakeElevenLabs(keys={}) as fake:
+        fake.set_key(SECRET, concurrency=5, credits=1000, used=400, tier="pro")
+        app.config["ELEVEN_LABS_BASE_URL"] = fake.url
+        key_id = admin.post("/admin/api-keys", json={"name": "main", "key": SECRET, "max_concurrency": 3},
+                            environ_base=CLIENT).get_json()["id"]
+        patch = {"headers": admin.headers, "environ_base": CLIENT}
+        assert admin.client.patch(f"/admin/api-keys/{key_id}", json={"name": "primary", "daily_limit": 50},
+                                  **patch).status_code == 200
+        assert admin.client.patch(f"/admin/api-keys/{key_id}", json={"enabled": False}, **patch).status_code == 200
+        assert admin.client.patch(f"/admin/api-keys/{key_id}", json={"enabled": True}, **patch).status_code == 200
+        assert admin.post(f"/admin/api-keys/{key_id}/check", environ_base=CLIENT).status_code == 200
+    # A refused add (the key is already there) changed nothing, so it leaves no entry.
+    assert admin.post("/admin/api-keys", json={"name": "copy", "key": SECRET}).status_code == 409
+
+    trail = _trail(admin, target_id=key_id)
+    assert [e["action"] for e in trail] == ["api_key.checked", "api_key.enabled", "api_key.disabled",
+                                           "api_key.updated", "api_key.added"]
+    for entry in trail:
+        assert (entry["actor_id"], entry["actor_email"]) == (admin.id, admin.email)
+        assert entry["client_address"] == "203.0.113.7" and entry["actor_name"] is None
+        assert entry["target_type"] == "api_key" and entry["request_id"]
+    checked, enabled, disabled, updated, added = (e["details"] for e in trail)
+    assert (added["name"], added["last4"], added["max_concurrency"]) == ("main", "7Q2Z", 3)
+    assert len(added["fingerprint"]) == 16
+    assert updated["changes"] == {"name": {"from": "main", "to": "primary"},
+                                  "daily_limit": {"from": 10000, "to": 50}}
+    assert disabled["changes"]["status"] == {"from": "active", "to": "disabled"}
+    assert enabled["changes"]["status"] == {"from": "disabled", "to": "active"}
+    assert checked["probe"] == {"ok": True, "credits_remaining": 600, "tier": "pro"}
+    assert (checked["status_before"], checked["status_after"]) == ("active", "active")
+    stored = db.session.scalars(sa.select(AuditEntry)).all()
+    assert all(SECRET not in json.dumps(e.details) for e in stored)
+
+
+def test_key_commands_on_the_cli_are_audited_as_the_os_user(app, admin):
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["keys", "add", "main", SECRET, "--concurrency", "4"]).exit_code == 0
+    app.config["ELEVEN_LABS_API_KEYS"] = [SECRET, "sk_upstream_other_value_W9X8"]
+    assert runner.invoke(args=["keys", "sync"]).exit_code == 0
+    assert runner.invoke(args=["keys", "rotate-encryption"]).exit_code == 0
+
+    trail = _trail(admin)
+    assert [e["action"] for e in trail] == ["api_keys.encryption_rotated", "api_key.added", "api_key.added"]
+    actor = f"cli:{getpass.getuser()}"
+    for entry in trail:
+        assert (entry["actor_name"], entry["actor_id"], entry["client_address"]) == (actor, None, None)
+        assert entry["details"]["host"] == socket.gethostname()
+    rotated, synced, added = (e["details"] for e in trail)
+    assert (added["name"], added["last4"], added["command"]) == ("main", "7Q2Z", "keys add")
+    assert (synced["last4"], synced["command"]) == ("W9X8", "keys sync")
+    assert rotated["keys"] == 2
+    assert "other_value" not in json.dumps([e["details"] for e in trail])
+
+
+def test_keys_a_starting_worker_imports_from_its_configuration_are_audited(app, admin):
+    from sfx_backend.worker_process import sync_configured_keys
+
+    app.config["ELEVEN_LABS_API_KEYS"] = [SECRET]
+    assert sync_configured_keys(app) == 1  # what the worker_init hook in workers/app.py runs
+    assert sync_configured_keys(app) == 0  # known by fingerprint the second time: nothing added, nothing recorded
+    [entry] = _trail(admin)
+    assert (entry["action"], entry["actor_name"], entry["actor_id"]) == (
+        "api_key.added", f"worker:{socket.gethostname()}", None)
+    assert (entry["details"]["last4"], entry["details"]["source"]) == ("7Q2Z", "ELEVEN_LABS_API_KEYS")

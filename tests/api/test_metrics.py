@@ -13,7 +13,7 @@ from sfx_backend import create_app, metrics
 from sfx_backend.api import metrics as api_metrics
 from sfx_backend.extensions import db
 from sfx_backend.services.key_pool import KeyPool
-from tests.conftest import FAST_HASH, make_environ
+from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
 
 
 def scrape(client, **kw) -> dict[tuple[str, tuple], float]:
@@ -184,3 +184,53 @@ def test_requests_refused_by_an_earlier_before_request_hook_are_timed_too():
     before = REGISTRY.get_sample_value(name, labels) or 0.0
     assert app.test_client().get("/refused").status_code == 429
     assert REGISTRY.get_sample_value(name, labels) == before + 1
+
+
+def test_the_schedulers_heartbeat_age_is_exported_and_reads_infinite_before_any_beat(app, client):
+    from datetime import timedelta
+
+    from sfx_backend.models import utcnow
+    from sfx_backend.services.heartbeat import SCHEDULER, record_beat
+
+    # Never beat: infinitely old, so `sfx_scheduler_heartbeat_age_seconds > 120` fires for a beat that never ran.
+    assert scrape(client)[("sfx_scheduler_heartbeat_age_seconds", ())] == float("inf")
+    record_beat(db.session, SCHEDULER, utcnow() - timedelta(seconds=90))
+    db.session.commit()
+    age = scrape(client)[("sfx_scheduler_heartbeat_age_seconds", ())]
+    assert 90 <= age < 120
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on `port` (Linux's /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, _, state = line.split()[1:4]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_worker_exporter_listens_on_loopback_only_unless_configured_otherwise():
+    from sfx_backend.config import load_config
+
+    assert load_config({"APP_ENV": "test", **TEST_SECRETS})["WORKER_METRICS_HOST"] == "127.0.0.1"
+    port = _free_port()
+    assert metrics.start_worker_exporter({"WORKER_METRICS_PORT": port}) == port
+    assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+    # WORKER_METRICS_HOST chooses (a container sets 0.0.0.0 in docker-compose.yml so Prometheus can reach
+    # it); another loopback address shows it is honoured without listening on this machine's interfaces.
+    other = _free_port()
+    assert metrics.start_worker_exporter({"WORKER_METRICS_PORT": other, "WORKER_METRICS_HOST": "127.0.0.2"}) == other
+    assert _listening_addresses(other) == {"0200007F"}

@@ -4,7 +4,8 @@ The job row is the truth and the message only a hint: a job committed while its 
 (the broker was down at submit) is re-sent by beat's sweeper. These runs lose the message on
 purpose (the API publishes into a broker no worker reads) and require the plain beat command, next
 to the plain worker command, to finish the job, in the production mode (PostgreSQL, Redis) and in
-the embedded one (SQLite, the filesystem broker, no Redis).
+the embedded one (SQLite, the filesystem broker, no Redis). The same beat keeps a heartbeat that
+`/health/ready` and `/metrics` report, in both modes, and that goes stale once beat stops.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import subprocess
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
-from sfx_backend.models import Job, JobStatus
+from sfx_backend.models import Job, JobStatus, ServiceHeartbeat
 from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
 from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, stop, wait_for
 
@@ -93,4 +95,47 @@ def test_the_plain_beat_command_resends_a_job_whose_message_was_lost(pipeline_en
     if mode == "embedded":
         with api.app_context():
             assert db.engine.dialect.name == "sqlite"
+            db.engine.dispose()
+
+
+def test_the_plain_beat_command_keeps_a_heartbeat_that_ready_and_metrics_report(pipeline_env, tmp_path):
+    mode, env = pipeline_env
+    env = {**env, "SCHEDULER_HEARTBEAT_SECONDS": "1"}
+    api = create_app(FAST_HASH, environ={**env, "CELERY_BROKER_URL": "memory://"})
+    if mode == "embedded":
+        from flask_migrate import upgrade
+        with api.app_context():
+            upgrade()
+    with api.app_context():  # the production database is shared by the run: forget earlier beats
+        db.session.execute(sa.delete(ServiceHeartbeat))
+        db.session.commit()
+    client = api.test_client()
+    assert client.get("/health/ready").get_json()["checks"]["scheduler"] == "missing"
+    beat = _start_beat(env, tmp_path / "beat.log")
+    try:
+        def reported():
+            body = client.get("/health/ready").get_json()
+            return body if body["checks"]["scheduler"] == "ok" else None
+        try:
+            body = wait_for(reported, 30, interval=0.2, what="beat's heartbeat")
+            first = body["scheduler"]["last_beat_at"]
+            # It keeps beating: a later heartbeat replaces the first.
+            wait_for(lambda: client.get("/health/ready").get_json()["scheduler"]["last_beat_at"] != first, 10,
+                     interval=0.2, what="a second heartbeat")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{(tmp_path / 'beat.log').read_text()[-3000:]}") from None
+        assert body["scheduler"]["age_seconds"] < 5
+        metrics = client.get("/metrics").get_data(as_text=True)
+        age = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("sfx_scheduler_heartbeat_age_seconds "))
+        assert 0 <= age < 5
+    finally:
+        stop(beat)
+    # Beat stopped: the heartbeat ages, ready stays a 200 and says so once four intervals have passed.
+    response = wait_for(lambda: (r := client.get("/health/ready")).get_json()["checks"]["scheduler"] == "stale"
+                        and r, 15, interval=0.5, what="the heartbeat to go stale")
+    assert response.status_code == 200
+    assert "Traceback" not in (tmp_path / "beat.log").read_text()
+    if mode == "embedded":
+        with api.app_context():
             db.engine.dispose()

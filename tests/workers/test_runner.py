@@ -744,3 +744,29 @@ def test_a_wav_job_whose_worker_died_after_a_tier_gate_and_the_call_is_finished_
     assert (rate, channels, width) == (44100, 1, 2) and 44100 <= frames <= 1.1 * 44100
     assert pool.loads() == {}
     assert_ledger_balances(user.id)
+
+
+@pytest.mark.parametrize("step, said", [
+    (("validation", "text: must not mention http://evil.example/pay"), "http://evil.example/pay"),
+    (("status", 400, "Bad request. Call +1-555-0100 to unlock your account"), "+1-555-0100"),
+], ids=["validation-422", "plain-400"])
+def test_a_refused_request_shows_the_user_our_words_and_keeps_the_upstreams_for_admins(
+        user, make_user, make_runner, pool, eleven, fake_upstream, step, said):
+    from sfx_backend.models import User, UserRole
+
+    pool.add("alpha", "key-alpha-0001")
+    db.session.commit()
+    fake_upstream.script("*", [step])
+    job_id = _job(user)
+    assert make_runner(eleven).run(job_id).status == "failed"
+    error = user.get(f"/jobs/{job_id}").get_json()["error"]
+    assert error["code"] == "upstream_rejected"
+    assert said not in error["message"] and error["message"] == (
+        "The sound service refused this request: no sound was made and nothing was charged. "
+        "Rewording the prompt or changing the duration or other settings may help.")
+    # The upstream's own words (keys scrubbed) stay in the attempt log, which only admins read.
+    admin = make_user()
+    db.session.get(User, uuid.UUID(admin.id)).role = UserRole.ADMIN
+    db.session.commit()
+    [attempt] = admin.get(f"/admin/jobs/{job_id}").get_json()["attempt_log"]
+    assert attempt["outcome"] == "rejected" and said in attempt["upstream_message"]

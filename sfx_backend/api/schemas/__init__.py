@@ -162,9 +162,17 @@ class UsageCurrentSchema(Schema):
     overage_allowed = fields.Boolean()
 
 
+class SchedulerStateSchema(Schema):
+    status = fields.String(metadata={"enum": ["ok", "stale", "missing", "unknown"]})
+    last_beat_at = fields.DateTime(allow_none=True)
+    age_seconds = fields.Float(allow_none=True, metadata={"description": "Seconds since beat's last heartbeat."})
+    stale_after_seconds = fields.Float(allow_none=True)
+
+
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+    scheduler = fields.Nested(SchedulerStateSchema, metadata={"description": "Beat's heartbeat (ready only)."})
 
 
 # -- accounts, usage insight and admin (issue 5) -------------------------------------------------
@@ -358,6 +366,9 @@ class AuditEntrySchema(Schema):
     created_at = fields.DateTime()
     actor_id = fields.UUID(allow_none=True)
     actor_email = fields.String(allow_none=True)
+    actor_name = fields.String(allow_none=True, metadata={
+        "description": "An actor that is not a user account: `cli:<os user>` for the operator commands."})
+    client_address = fields.String(allow_none=True, metadata={"description": "Where an API request came from."})
     action = fields.String()
     target_type = fields.String()
     target_id = fields.String(allow_none=True)
