@@ -31,6 +31,13 @@ class DomainError(Exception):
         self.headers = headers or {}
 
 
+class InvalidJson(DomainError, ValueError):
+    """A body that is not JSON, or outside the parser's bounds; a ValueError, so `get_json(silent=True)`
+    callers (the rate limiters' key functions) simply see no body."""
+
+    status, code, title = 400, "bad_request", "Bad request"
+
+
 class ValidationFailed(DomainError):
     status, code, title = 422, "validation_error", "Validation failed"
 

@@ -38,10 +38,12 @@ def _client_ip() -> str:
 
 
 def _body_email() -> str:
+    # get_json parses within bounds (api/request_input.py); a body it refuses reads as none here.
     body = request.get_json(silent=True)
     email = body.get("email") if isinstance(body, dict) else None
     if isinstance(email, str) and email.strip():
-        return "email:" + normalize_email(email)[:255]
+        # Escaped, so a lone surrogate (refused with 422 by the schema) still makes a key Redis can store.
+        return "email:" + normalize_email(email)[:255].encode("utf-8", "backslashreplace").decode("utf-8")
     return "email:-"
 
 
