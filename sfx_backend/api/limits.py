@@ -44,7 +44,16 @@ def _body_email() -> str:
     if isinstance(email, str) and email.strip():
         # Escaped, so a lone surrogate (refused with 422 by the schema) still makes a key Redis can store.
         return "email:" + normalize_email(email)[:255].encode("utf-8", "backslashreplace").decode("utf-8")
-    return "email:-"
+    return NO_EMAIL
+
+
+NO_EMAIL = "email:-"
+
+
+def _no_body_email() -> bool:
+    """A body without an email cannot be for an account: the per-address limits alone apply (one shared
+    bucket for all such bodies would let three malformed sign-ups an hour turn everyone's 422 into 429)."""
+    return _body_email() == NO_EMAIL
 
 
 def _user() -> str:
@@ -74,13 +83,14 @@ login = _stack(
                   error_message="Too many login attempts from this address; try again later."),
     # Per email only failed attempts count: guessing is throttled, a user who logs in often is not.
     limiter.limit(LOGIN_PER_EMAIL, key_func=_body_email, deduct_when=lambda response: response.status_code == 401,
+                  exempt_when=_no_body_email,
                   error_message="Too many failed login attempts for this account; try again later."),
 )
 
 register = _stack(
     limiter.limit(REGISTER_PER_IP, key_func=_client_ip,
                   error_message="Too many sign-ups from this address; try again later."),
-    limiter.limit(REGISTER_PER_EMAIL, key_func=_body_email,
+    limiter.limit(REGISTER_PER_EMAIL, key_func=_body_email, exempt_when=_no_body_email,
                   error_message="Too many sign-ups for this email; try again later."),
 )
 

@@ -93,6 +93,15 @@ def test_json_nested_20000_deep_is_a_400_before_login(limited_client, no_traceba
     assert_bad_request(post_raw(limited_client, url, nested_in_a_field, environ_base=_addr()))
 
 
+def test_bodies_without_an_email_share_no_per_email_budget(limited_client, no_tracebacks):
+    # Three sign-ups an hour per email: a shared bucket for "no email" would make the fourth a 429.
+    for _ in range(5):
+        response = post_raw(limited_client, "/auth/register", '{"password": "correct horse battery"}',
+                            environ_base=_addr())
+        assert_invalid(response, "email")
+        assert_bad_request(post_raw(limited_client, "/auth/register", DEEP, environ_base=_addr()))
+
+
 def test_a_5000_digit_integer_is_a_400_before_login(limited_client, no_tracebacks):
     body = assert_bad_request(post_raw(limited_client, "/auth/login", f'{{"email": {HUGE}, "password": "x"}}',
                                        environ_base=_addr()))
