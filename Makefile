@@ -13,11 +13,12 @@ RUNTIME_LOCK := requirements/runtime.lock
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--no-header --annotation-style line
 
-.PHONY: help install lock demo test test-fast services migrate api worker beat flower bench clean
+.PHONY: help install lock demo lint test test-fast services migrate api worker beat flower bench clean
 
 help:
 	@echo "make demo    - run the whole flow on embedded defaults (no servers needed), audio into ./out/"
-	@echo "make test    - the whole suite against PostgreSQL, Redis and a real S3 server"
+	@echo "make test    - the linter, then the whole suite against PostgreSQL, Redis and a real S3 server"
+	@echo "make lint    - ruff (its rules are in pyproject.toml)"
 	@echo "make bench   - the performance bench (see bench/README.md)"
 	@echo "make lock    - re-resolve requirements/*.lock from pyproject.toml (UPGRADE=1: newest allowed)"
 	@echo "make api | worker | beat | flower | migrate - run one process with your .env"
@@ -44,7 +45,10 @@ demo: $(STAMP)
 services:
 	@bash scripts/ensure-services.sh
 
-test: $(STAMP) services
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -27,3 +27,7 @@ def child_exit(server, worker):
     if _multiproc_dir():
         from prometheus_client import multiprocess
         multiprocess.mark_process_dead(worker.pid)
+
+# gunicorn's default access line, with the path instead of the request line and no referrer: query
+# strings carry credentials (the email verification link's token) that must not reach a log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from sfx_backend import create_app  # noqa: E402
 from sfx_backend.extensions import db  # noqa: E402
 from sfx_backend.models import Job, JobStatus  # noqa: E402
-from sfx_backend.workers_support import build_key_pool  # noqa: E402
+from sfx_backend import wiring  # noqa: E402
 import requests  # noqa: E402
 
 from tests.support.postgres import pg_admin  # noqa: E402
@@ -86,7 +86,7 @@ def _diagnostics(args, elapsed: float) -> dict:
     # Upstream calls run in waves of `slots`: how much later than `latency` each wave's first call
     # starts after the previous wave's, i.e. what one round of call + hand-off adds on the fastest slot.
     firsts = sorted(a.started_at for a in attempts.values())[::slots]
-    steps = [(b - a).total_seconds() - args.latency for a, b in zip(firsts, firsts[1:])]
+    steps = [(b - a).total_seconds() - args.latency for a, b in zip(firsts, firsts[1:], strict=False)]
     return {
         "upstream_utilisation": round(busy / (elapsed * slots), 3),
         "wave_step_overhead_p50_ms": round(statistics.median(steps) * 1000, 1) if steps else None,
@@ -115,13 +115,15 @@ def main() -> None:
     env = {
         "APP_ENV": "test", "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
         "INSTANCE_PATH": str(workdir), "JWT_SECRET": "bench-secret-" + "x" * 32,
+        "URL_SIGNING_SECRET": "bench-url-signing-" + "u" * 32,
         "KEY_ENCRYPTION_KEY": "", "CELERY_BROKER_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9"),
         "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}", "SFX_PROVIDER": "elevenlabs",
         # Only this bench's keys: none inherited from the caller's environment (bench/run.py has its own).
         "ELEVEN_LABS_API_KEYS": "",
         "TRIAL_GENERATION_LIMIT": str(args.jobs * 2), "LOG_LEVEL": "warning", "RATELIMIT_ENABLED": "false",
         # One connection per worker thread, plus the heartbeats' and the pool lock's.
-        "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "5"), "DB_MAX_OVERFLOW": os.environ.get("BENCH_DB_MAX_OVERFLOW", "10"),
+        "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "5"),
+        "DB_MAX_OVERFLOW": os.environ.get("BENCH_DB_MAX_OVERFLOW", "10"),
     }
     from cryptography.fernet import Fernet
     env["KEY_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
@@ -136,7 +138,7 @@ def main() -> None:
             with app.app_context():
                 from flask_migrate import upgrade
                 upgrade()
-                pool = build_key_pool()
+                pool = wiring.current().key_pool()
                 for secret, limit in secrets.items():
                     pool.add(secret[-4:], secret, max_concurrency=limit)
                 db.session.commit()
@@ -144,10 +146,11 @@ def main() -> None:
                 time.sleep(4)  # let the worker connect before the clock starts
                 if os.environ.get("BENCH_PROFILE"):
                     import subprocess
-                    profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
-                                                 os.environ["BENCH_PROFILE"], "--format", "raw", "-r", "50",
-                                                 "--pid", str(worker.pid), "--duration", "25"],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    # py-spy stops by itself after its --duration: nothing waits for it.
+                    subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
+                                      os.environ["BENCH_PROFILE"], "--format", "raw", "-r", "50",
+                                      "--pid", str(worker.pid), "--duration", "25"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 client = app.test_client()
                 token = client.post("/auth/register", json={"email": "bench@example.com",
                                                             "password": "bench-password"}).get_json()["access_token"]

@@ -39,9 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def seed_admin(users, email: str, password: str) -> str:
     user = users.by_email(email)
     if user is None:
-        users.register(email, password, role=UserRole.ADMIN)
+        # The operator typed these addresses: they need no emailed link (REQUIRE_EMAIL_VERIFICATION).
+        users.register(email, password, role=UserRole.ADMIN).email_verified = True
         return f"admin created: {email}"
     user.role = UserRole.ADMIN
+    user.email_verified = True
     users.set_password(user, password)
     return f"admin promoted: {email}"
 
@@ -51,7 +53,7 @@ def seed_demo_users(users, count: int, password: str, domain: str) -> list[str]:
     for n in range(1, count + 1):
         email = f"demo{n}@{domain}"
         if users.by_email(email) is None:
-            users.register(email, password, first_name="Demo", last_name=str(n))
+            users.register(email, password, first_name="Demo", last_name=str(n)).email_verified = True
             created.append(email)
     return created
 
@@ -68,12 +70,11 @@ def print_plans(app) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     app = create_app()
-    from sfx_backend.runtime import runtime
-    from sfx_backend.services.users import UserService
-    from sfx_backend.workers_support import build_key_pool
+    from sfx_backend import wiring
 
     with app.app_context():
-        users = UserService(db.session, runtime().hasher)
+        wired = wiring.current()
+        users = wired.user_service()
         if args.admin_email:
             print(seed_admin(users, args.admin_email, args.admin_password))
         if args.demo_users:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo users: {args.demo_users} wanted, {len(created)} created")
         if not args.no_keys:
             configured = app.config["ELEVEN_LABS_API_KEYS"]
-            created_keys = build_key_pool().sync(configured)
+            created_keys = wired.key_pool().sync(configured)
             print(f"upstream keys: {len(configured)} configured, {len(created_keys)} new")
         db.session.commit()
         print_plans(app)

@@ -1,6 +1,7 @@
 """sfx-backend: the server behind an AI sound-effects plugin."""
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from .config import PROJECT_ROOT, load_config
+from .config import PROJECT_ROOT, load_config, uses_development_secrets
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -18,10 +19,11 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     from . import auth as _auth  # noqa: F401 - registers the JWT callbacks
     from .api import register_blueprints
     from .errors import register_error_handlers
-    from .extensions import ProblemApi, db, jwt, limiter, migrate
+    from .api.common import ProblemApi
+    from .extensions import db, jwt, limiter, migrate
     from .logs import configure_logging
-    from .queue import CeleryJobQueue, make_celery
-    from .runtime import build_runtime
+    from .queue import CeleryTaskSender, make_celery
+    from .wiring import build_runtime
 
     settings = load_config(environ)
     settings.update(overrides or {})
@@ -37,6 +39,11 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
         # The client's own address (rate limits key on it) is the one the last `hops` proxies saw.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    if uses_development_secrets(app.config):
+        # APP_ENV unset means development: say so, since its secrets are the repository's own.
+        logging.getLogger(__name__).warning(
+            "APP_ENV=development: tokens and download URLs are signed with published development secrets; "
+            "deploy with APP_ENV=production and secrets of your own", extra={"event": "development_secrets"})
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
@@ -45,12 +52,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     api = ProblemApi(app)  # one per app: its OpenAPI spec is built from this app's routes
     register_blueprints(app, api)
     register_error_handlers(app)
-    from .metrics import instrument_app
+    from .api.metrics import instrument_app
     instrument_app(app)  # request latency by route and status, for /metrics
 
-    runtime = build_runtime(app.config)
-    runtime.job_queue = CeleryJobQueue(make_celery(app))
-    app.extensions["sfx"] = runtime
+    app.extensions["sfx"] = build_runtime(app.config, CeleryTaskSender(make_celery(app)))
 
     @app.before_request
     def _request_id() -> None:

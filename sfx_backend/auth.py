@@ -1,17 +1,17 @@
-"""JWT wiring: token pairs bound to a revocable login session, and every JWT failure as a 401 problem."""
+"""JWT wiring: token pairs bound to a login session of their subject, and every JWT failure as a 401 problem."""
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from functools import wraps
 
-from flask import g
-from flask_jwt_extended import (create_access_token, create_refresh_token, current_user, decode_token,
-                                verify_jwt_in_request)
+from flask import current_app, g, has_request_context, request
+from flask_jwt_extended import create_access_token, create_refresh_token, current_user, verify_jwt_in_request
 
 from .errors import Forbidden, problem
 from .extensions import db, jwt
-from .models import AuthSession, User, utcnow
+from .models import AuthSession, User
+from .services.sessions import SessionService, client_name
 
 
 def _unauthorized(detail: str):
@@ -57,45 +57,58 @@ def _claims_failed(header: dict, payload: dict):
 def _load_user(header: dict, payload: dict) -> User | None:
     try:
         return db.session.get(User, uuid.UUID(payload["sub"]))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError, AttributeError):
         return None
+
+
+def sessions() -> SessionService:
+    """The login sessions of the current app's database."""
+    from . import wiring
+    return wiring.current().session_service()
 
 
 @jwt.token_in_blocklist_loader
 def _is_revoked(header: dict, payload: dict) -> bool:
-    """Checked on every authenticated request: the login session must exist and be live."""
+    """Checked on every authenticated request: the token's session must be its subject's, and live."""
     try:
-        session = db.session.get(AuthSession, uuid.UUID(payload.get("sid", "")))
-    except ValueError:
+        sid, sub = uuid.UUID(payload["sid"]), uuid.UUID(payload["sub"])
+    except (KeyError, ValueError, TypeError, AttributeError):
         return True
-    now = utcnow()
-    if session is None or session.revoked_at is not None or session.expires_at <= now:
-        return True
-    if payload.get("type") == "refresh" and payload.get("jti") != session.refresh_jti:
-        # An already-rotated refresh token came back: someone replayed it. End the whole session.
-        session.revoked_at = now
+    checked = sessions().check(sid, sub, payload.get("type"), payload.get("jti"))
+    if checked.wrote:
         db.session.commit()
+    if checked.session is None:
         return True
-    g.auth_session = session
+    g.auth_session = checked.session
     return False
 
 
-def issue_tokens(user: User, now: datetime, session: AuthSession | None = None) -> dict[str, str]:
-    """A fresh access + refresh pair; a new login session unless rotating an existing one."""
-    if session is None:
-        from flask import current_app
-        session = AuthSession(id=uuid.uuid4(), user_id=user.id, created_at=now, refresh_jti="",
-                              expires_at=now + current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
-        db.session.add(session)
-    claims = {"sid": str(session.id)}
-    access = create_access_token(identity=str(user.id), additional_claims=claims)
-    refresh = create_refresh_token(identity=str(user.id), additional_claims=claims)
-    session.refresh_jti = decode_token(refresh, allow_expired=True)["jti"]
+def tokens_for(session: AuthSession) -> dict[str, str]:
+    """The session's current token pair. Built only from what the row holds, so building it again
+    (a just-rotated token presented within the grace) gives the very same two tokens."""
+    issued = int(session.issued_at.timestamp())
+    common = {"sid": str(session.id), "iat": issued, "nbf": issued}
+    access_exp = issued + int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds())
+    identity = str(session.user_id)
+    access = create_access_token(identity=identity,
+                                 additional_claims={**common, "jti": session.access_jti, "exp": access_exp})
+    refresh = create_refresh_token(identity=identity, additional_claims={
+        **common, "jti": session.refresh_jti, "exp": int(session.expires_at.timestamp())})
     return {"access_token": access, "refresh_token": refresh}
 
 
+def issue_tokens(user: User, now: datetime | None = None, client: str | None = None) -> dict[str, str]:
+    """A new login session (registration, login) and its first token pair.
+
+    `client` is the name the client gave itself; without one the session is listed under the
+    request's User-Agent.
+    """
+    user_agent = request.headers.get("User-Agent") if has_request_context() else None
+    return tokens_for(sessions().open(user.id, client_name(client, user_agent)))
+
+
 def revoke_current_session(now: datetime) -> None:
-    """Logout: both tokens of the current login stop working at once."""
+    """Logout: both tokens of the current session stop working at once; other sessions stay."""
     session = getattr(g, "auth_session", None)
     if session is not None:
         session.revoked_at = now

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from datetime import timedelta
@@ -22,8 +23,14 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 # Secrets that must be set outside development; development gets fixed, clearly-marked values so
-# `make demo` works with no configuration, and production refuses to start without real ones.
+# `make demo` works with no configuration. They are published here, so anywhere else refuses them.
 _DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+_DEV_URL_SIGNING_SECRET = "dev-only-url-signing-secret-change-me-0123456789"
+_DEV_FLASK_SECRET_KEY = "dev-only-flask-secret-key-change-me-0123456789"
+# A Fernet key for upstream keys stored in a development database (KEY_ENCRYPTION_KEY unset).
+DEV_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LTAxMjM="
+_DEV_SECRETS = {_DEV_JWT_SECRET, _DEV_URL_SIGNING_SECRET, _DEV_FLASK_SECRET_KEY, DEV_KEY_ENCRYPTION_KEY}
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(RuntimeError):
@@ -68,6 +75,50 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _secret(env: Mapping[str, str], name: str, app_env: str, dev_value: str, *, required: bool = True) -> str:
+    """A signing secret: the development value in development, else a configured one of 32+ bytes.
+
+    Development secrets are in the repository, so outside development they are refused like a
+    missing one (APP_ENV=test counts: the suite runs with secrets of its own).
+    """
+    value = env.get(name) or ""
+    if app_env == "development":
+        return value or dev_value
+    if not value:
+        if not required:
+            return ""
+        raise ConfigError(f"{name} is required outside development ({MIN_SECRET_BYTES}+ random bytes)")
+    if value in _DEV_SECRETS:
+        raise ConfigError(f"{name} is a published development value; set a secret of your own")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes outside development")
+    return value
+
+
+def uses_development_secrets(cfg: Mapping[str, Any]) -> bool:
+    """Whether tokens or download URLs are signed with a published development value."""
+    return cfg.get("JWT_SECRET_KEY") in _DEV_SECRETS or cfg.get("URL_SIGNING_SECRET") in _DEV_SECRETS
+
+
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$")
+
+
+def redirect_hosts(raw: str | None, api_base_url: str) -> list[str]:
+    """BILLING_REDIRECT_HOSTS as lower-case host names (`host`, `host:port` or `*.domain`); by default
+    the host of API_BASE_URL."""
+    from urllib.parse import urlsplit
+
+    hosts = [host.lower() for host in _csv(raw)]
+    if not hosts:
+        default = urlsplit(api_base_url).hostname
+        return [default] if default else []
+    for host in hosts:
+        if not _HOST.match(host):
+            raise ConfigError(f"BILLING_REDIRECT_HOSTS: {host!r} is not a host name "
+                              "(give `app.example.com`, `app.example.com:8443` or `*.example.com`, no scheme or path)")
+    return hosts
 
 
 def database_url(raw: str | None, instance: Path) -> str:
@@ -141,22 +192,28 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if storage_backend not in {"local", "s3"}:
         raise ConfigError("STORAGE_BACKEND must be s3 or local")
 
-    jwt_secret = env.get("JWT_SECRET") or ""
-    if not jwt_secret:
-        if app_env == "production":
-            raise ConfigError("JWT_SECRET is required outside development")
-        jwt_secret = _DEV_JWT_SECRET
+    jwt_secret = _secret(env, "JWT_SECRET", app_env, _DEV_JWT_SECRET)
+    # Only local storage signs its download URLs (S3 presigns with the store's own credentials).
+    url_secret = _secret(env, "URL_SIGNING_SECRET", app_env, _DEV_URL_SIGNING_SECRET,
+                         required=storage_backend == "local")
+    if url_secret and url_secret == jwt_secret and app_env != "development":
+        raise ConfigError("URL_SIGNING_SECRET must differ from JWT_SECRET")
+    # Flask's own key (signed cookies; nothing here uses them yet). Outside development, unset means a
+    # random one per process: anything signed with it then simply stops verifying, which fails closed.
+    flask_secret = env.get("SECRET_KEY") or (_DEV_FLASK_SECRET_KEY if app_env == "development"
+                                             else secrets.token_urlsafe(MIN_SECRET_BYTES))
     port = _int(env, "PORT", 3000)
+    api_base_url = (env.get("API_BASE_URL") or f"http://localhost:{port}").rstrip("/")
 
     cfg: dict[str, Any] = {
         "APP_ENV": app_env,
         "TESTING": app_env == "test",
         "INSTANCE_PATH": str(instance),
-        "SECRET_KEY": env.get("SECRET_KEY") or jwt_secret,
+        "SECRET_KEY": flask_secret,
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "info").upper(),
         "LOG_FORMAT": env.get("LOG_FORMAT") or ("json" if app_env == "production" else "text"),
         "PORT": port,
-        "API_BASE_URL": (env.get("API_BASE_URL") or f"http://localhost:{port}").rstrip("/"),
+        "API_BASE_URL": api_base_url,
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
         # database
         "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
@@ -174,8 +231,16 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
         "JWT_REFRESH_TOKEN_EXPIRES": parse_duration(env.get("JWT_REFRESH_EXPIRES_IN") or "30d"),
         "JWT_TOKEN_LOCATION": ["headers"],
+        # Tokens travel only in the Authorization header, so a cookie CSRF claim protects nothing; without
+        # it a token pair is a function of its session row alone (see auth.tokens_for).
+        "JWT_COOKIE_CSRF_PROTECT": False,
         "JWT_ALGORITHM": "HS256",
         "JWT_DECODE_ALGORITHMS": ["HS256"],
+        # A just-rotated refresh token presented again this soon gets the same new pair (a client that
+        # retried, or two requests racing); later, it ends the session as a stolen token would.
+        "REFRESH_REUSE_GRACE_SECONDS": _int(env, "REFRESH_REUSE_GRACE_SECONDS", 30),
+        # Trial accounts confirm their address (a mailed link) before the first generation.
+        "REQUIRE_EMAIL_VERIFICATION": _bool(env.get("REQUIRE_EMAIL_VERIFICATION"), app_env == "production"),
         # upstream
         "ELEVEN_LABS_API_KEYS": keys,
         "ELEVEN_LABS_BASE_URL": (env.get("ELEVEN_LABS_BASE_URL") or "https://api.elevenlabs.io").rstrip("/"),
@@ -206,6 +271,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "S3_REGION": env.get("S3_REGION") or "us-east-1",
         "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or None,
         "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or None,
+        "URL_SIGNING_SECRET": url_secret or None,
         "DOWNLOAD_URL_TTL_SECONDS": _int(env, "DOWNLOAD_URL_TTL_SECONDS", 900),
         # Generated audio waits here (on the worker's host) until it is in the store: a failed upload is
         # retried from it, and a redelivery after a worker died uploads it instead of buying the sound again.
@@ -232,6 +298,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # A failed payment leaves generation on for this many days (then 402 until the card is fixed).
         "BILLING_PAST_DUE_GRACE_DAYS": _int(env, "BILLING_PAST_DUE_GRACE_DAYS", 7),
         "BILLING_PORTAL_RETURN_URL": env.get("BILLING_PORTAL_RETURN_URL") or None,
+        # Where Stripe may send a user back to (success_url, cancel_url, return_url): anything else is
+        # an open redirect through a trusted-looking checkout page.
+        "BILLING_REDIRECT_HOSTS": redirect_hosts(env.get("BILLING_REDIRECT_HOSTS"), api_base_url),
         "STRIPE_TIMEOUT_SECONDS": _float(env, "STRIPE_TIMEOUT_SECONDS", 20.0),
         # email
         "SMTP_HOST": env.get("SMTP_HOST") or None,
@@ -265,6 +334,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
         "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     }
+    if app_env != "development" and DEV_KEY_ENCRYPTION_KEY in cfg["KEY_ENCRYPTION_KEY"]:
+        raise ConfigError("KEY_ENCRYPTION_KEY holds the published development key; generate one of your own")
     if cfg["WORKER_CONCURRENCY"] < 1:
         raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:

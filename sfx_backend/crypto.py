@@ -1,7 +1,6 @@
 """Encryption of upstream keys at rest (Fernet, with rotation), and safe ways to name a secret."""
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -18,11 +17,6 @@ def fingerprint(secret: str) -> str:
 
 def last4(secret: str) -> str:
     return secret[-4:]
-
-
-def dev_fernet_key(seed: str) -> str:
-    """A Fernet key derived from a development secret, so the embedded default works unconfigured."""
-    return base64.urlsafe_b64encode(hashlib.sha256(("key-encryption:" + seed).encode()).digest()).decode()
 
 
 class KeyCipher:

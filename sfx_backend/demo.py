@@ -215,7 +215,7 @@ def stop_all(children: list[Child], printer: Printer, timeout: float = STOP_TIME
     deadline = started + timeout
     try:
         signaled = [child.terminate() for child in children]
-        for child, was_signaled in zip(children, signaled):
+        for child, was_signaled in zip(children, signaled, strict=True):
             child.wait_stopped(printer, deadline, was_signaled, started)
     except KeyboardInterrupt:  # a second Ctrl-C: no more patience
         for child in children:

@@ -58,6 +58,10 @@ class AccountSuspended(DomainError):
     status, code, title = 403, "account_suspended", "Account suspended"
 
 
+class EmailNotVerified(DomainError):
+    status, code, title = 403, "email_not_verified", "Email address not verified"
+
+
 class NotFound(DomainError):
     status, code, title = 404, "not_found", "Not found"
 

@@ -1,41 +1,22 @@
-"""Prometheus metrics: what the API and the workers measure, and how `GET /metrics` is rendered.
+"""Prometheus figures counted where they happen, with no web framework: the upstream and job counters.
 
-Two kinds of figures:
-- Events, counted in the process where they happen (prometheus_client counters and histograms):
-  request latency by route and status (API), upstream calls by key *name* and upstream code, and
-  end-to-end job latency (worker). Under gunicorn with several processes, set
-  `PROMETHEUS_MULTIPROC_DIR` (see gunicorn.conf.py): every process writes its figures there and
-  `/metrics` adds them up, whichever process answers the scrape.
-- State, read from the source of truth at scrape time (`snapshot()`): jobs by status, quota units
-  by state, the oldest queued job, broker queue depth and the key pool. Every API process answers
-  these the same, so they need no multiprocess bookkeeping.
-
-Workers serve their own event figures on `WORKER_METRICS_PORT` (`start_worker_exporter`), from
-the main process: under the prefork pool the children count and the main process serves, so a worker
-that serves metrics always runs in multiprocess mode (`use_multiprocess_values`). Flower's
-`/metrics` adds Celery's task-level figures. Upstream keys appear by name only, never the secret.
+The generation runner counts upstream calls by key *name* and upstream code, and end-to-end job
+latency (`upstream_call`, `job_finished`). Workers serve these on `WORKER_METRICS_PORT`
+(`start_worker_exporter`), from the main process: under the prefork pool the children count and the
+main process serves, so a worker that serves metrics always runs in multiprocess mode
+(`use_multiprocess_values`). The API's own figures (request latency, the state read at scrape time)
+and `GET /metrics` live in `sfx_backend/api/metrics.py`. Upstream keys appear by name only, never the
+secret.
 """
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from flask import Flask, g, request
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-UNMATCHED_ROUTE = "<unmatched>"
-
-HTTP_REQUEST_SECONDS = Histogram(
-    "sfx_http_request_duration_seconds", "API request latency by route (the URL rule, never the raw path).",
-    ["method", "route", "status"],
-    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 UPSTREAM_SECONDS = Histogram(
     "sfx_upstream_request_duration_seconds", "Upstream (sound generation) call latency by key name.",
     ["key", "outcome"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 240))
@@ -45,26 +26,6 @@ UPSTREAM_CALLS = Counter(
 JOB_SECONDS = Histogram(
     "sfx_job_duration_seconds", "End-to-end job latency: submission to its final state.",
     ["status"], buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600, 1800))
-
-
-# -- events ---------------------------------------------------------------------------------------
-def instrument_app(app: Flask) -> None:
-    """Time every request and record it under its URL rule, method and status."""
-
-    def _start_timer() -> None:
-        g._metrics_started = time.perf_counter()
-
-    # First of all before-request hooks, so requests they refuse (rate limits, 413s) are timed too.
-    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
-
-    @app.after_request
-    def _observe(response):
-        started = g.pop("_metrics_started", None)
-        if started is not None:
-            rule = request.url_rule
-            HTTP_REQUEST_SECONDS.labels(request.method, rule.rule if rule else UNMATCHED_ROUTE,
-                                        str(response.status_code)).observe(time.perf_counter() - started)
-        return response
 
 
 def upstream_call(key: str | None, outcome: str, code: str | int | None, latency_ms: int | None) -> None:
@@ -84,178 +45,6 @@ def job_finished(job: Any) -> None:
     JOB_SECONDS.labels(status).observe(max((finished - created).total_seconds(), 0.0))
 
 
-# -- state, read at scrape time ---------------------------------------------------------------------
-@dataclass
-class Snapshot:
-    """What the database and the broker say right now; None where a source could not be read."""
-
-    jobs: dict[tuple[str, str], int] | None = None  # (status, quota_state) -> rows
-    oldest_queued_age: float | None = None
-    keys: list[dict[str, Any]] | None = None
-    queues: dict[str, int] | None = None
-    database_up: bool = False
-    broker_up: bool = False
-    errors: list[str] = field(default_factory=list)
-
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-QUOTA_STATES = ("reserved", "settled", "refunded")
-KEY_STATUSES = ("active", "rate_limited", "disabled")
-
-
-def snapshot(app: Flask) -> Snapshot:
-    """Read jobs, quota and key-pool state from the database and queue depth from the broker."""
-    import sqlalchemy as sa
-
-    from .extensions import db
-    from .models import ApiKey, Job, JobStatus, KeyLease
-
-    snap = Snapshot()
-    now = datetime.now(timezone.utc)
-    try:
-        rows = db.session.execute(
-            sa.select(Job.status, Job.quota_state, sa.func.count()).group_by(Job.status, Job.quota_state)).all()
-        snap.jobs = {(_value(s), _value(q)): n for s, q, n in rows}
-        oldest = db.session.scalar(sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
-        if oldest is not None:
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
-            snap.oldest_queued_age = max((now - oldest).total_seconds(), 0.0)
-        in_flight = dict(db.session.execute(
-            sa.select(KeyLease.api_key_id, sa.func.count()).where(KeyLease.expires_at > now)
-            .group_by(KeyLease.api_key_id)).all())
-        snap.keys = [
-            {"name": k.key_name, "status": _value(k.status), "max_concurrency": k.max_concurrency,
-             "in_flight": in_flight.get(k.id, 0), "daily_limit": k.daily_limit,
-             # the count belongs to `daily_usage_date`; on a later day the key has made no call yet
-             "daily_usage": k.daily_usage if k.daily_usage_date == now.date() else 0,
-             "credits_remaining": k.credits_remaining,
-             "cooldown_seconds": _seconds_until(k.cooldown_until, now)}
-            for k in db.session.scalars(sa.select(ApiKey)).all()]
-        snap.database_up = True
-    except Exception as exc:  # noqa: BLE001 - a scrape reports a broken source, it does not fail
-        log.warning("metrics: database not readable", extra={"event": "metrics_source_failed",
-                                                              "source": "database", "error": type(exc).__name__})
-        snap.errors.append("database")
-    finally:
-        db.session.rollback()
-    try:
-        snap.queues = _queue_depths(app)
-        snap.broker_up = True
-    except Exception as exc:  # noqa: BLE001
-        log.warning("metrics: broker not readable", extra={"event": "metrics_source_failed",
-                                                            "source": "broker", "error": type(exc).__name__})
-        snap.errors.append("broker")
-    return snap
-
-
-def _value(v: Any) -> str:
-    return getattr(v, "value", str(v))
-
-
-def _seconds_until(moment: datetime | None, now: datetime) -> float:
-    if moment is None:
-        return 0.0
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return max((moment - now).total_seconds(), 0.0)
-
-
-def _queue_depths(app: Flask) -> dict[str, int]:
-    """Messages waiting in the broker per queue (delayed retries sit in workers, not here)."""
-    from kombu.exceptions import ChannelError
-
-    celery = app.extensions["celery"]
-    name = app.config["CELERY_QUEUE"]
-    with celery.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-        try:
-            _, depth, _ = conn.default_channel.queue_declare(queue=name, passive=True)
-        except ChannelError:  # the queue does not exist yet (Redis drops empty lists): nothing waits
-            depth = 0
-    return {name: int(depth)}
-
-
-class SnapshotCollector:
-    """Turns a Snapshot into metric families (a prometheus_client custom collector)."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
-
-    def collect(self) -> Iterable:
-        snap = self.snap
-        up = GaugeMetricFamily("sfx_metrics_source_up", "Whether /metrics could read a source (1) or not (0).",
-                               labels=["source"])
-        up.add_metric(["database"], 1.0 if snap.database_up else 0.0)
-        up.add_metric(["broker"], 1.0 if snap.broker_up else 0.0)
-        yield up
-        if snap.jobs is not None:
-            yield from self._jobs(snap.jobs)
-            oldest = GaugeMetricFamily("sfx_oldest_queued_job_age_seconds",
-                                       "Age of the oldest queued job (0 when none waits).")
-            oldest.add_metric([], snap.oldest_queued_age or 0.0)
-            yield oldest
-        if snap.keys is not None:
-            yield from self._keys(snap.keys)
-        if snap.queues is not None:
-            depth = GaugeMetricFamily("sfx_queue_depth", "Messages waiting in the broker queue.", labels=["queue"])
-            for name, n in snap.queues.items():
-                depth.add_metric([name], float(n))
-            yield depth
-
-    @staticmethod
-    def _jobs(jobs: Mapping[tuple[str, str], int]) -> Iterable:
-        by_status = GaugeMetricFamily("sfx_jobs", "Job rows by status.", labels=["status"])
-        for status in JOB_STATUSES:
-            by_status.add_metric([status], float(sum(n for (s, _), n in jobs.items() if s == status)))
-        yield by_status
-        by_state = {state: sum(n for (_, q), n in jobs.items() if q == state) for state in QUOTA_STATES}
-        reservations = CounterMetricFamily(
-            "sfx_quota_reservations", "Quota units ever reserved (one per job submitted).")
-        reservations.add_metric([], float(sum(by_state.values())))
-        yield reservations
-        refunds = CounterMetricFamily("sfx_quota_refunds", "Quota units given back (failed or canceled jobs).")
-        refunds.add_metric([], float(by_state["refunded"]))
-        yield refunds
-        settled = CounterMetricFamily("sfx_quota_settlements", "Quota units spent on succeeded jobs.")
-        settled.add_metric([], float(by_state["settled"]))
-        yield settled
-        held = GaugeMetricFamily("sfx_quota_reserved_units", "Quota units held by jobs still in flight.")
-        held.add_metric([], float(by_state["reserved"]))
-        yield held
-
-    @staticmethod
-    def _keys(keys: list[dict[str, Any]]) -> Iterable:
-        # Key names are not unique in the schema: figures of keys sharing a name are added up.
-        names = sorted({k["name"] for k in keys})
-        status = GaugeMetricFamily("sfx_upstream_keys", "Upstream keys by name and status (1 = in that status).",
-                                   labels=["key", "status"])
-        per_key = {
-            "in_flight": GaugeMetricFamily("sfx_upstream_key_in_flight", "Live leases (calls in flight).",
-                                           labels=["key"]),
-            "max_concurrency": GaugeMetricFamily("sfx_upstream_key_max_concurrency",
-                                                 "Calls the key may have in flight.", labels=["key"]),
-            "daily_usage": GaugeMetricFamily("sfx_upstream_key_daily_usage", "Calls made today.", labels=["key"]),
-            "daily_limit": GaugeMetricFamily("sfx_upstream_key_daily_limit", "Calls allowed a day.",
-                                             labels=["key"]),
-            "cooldown_seconds": GaugeMetricFamily("sfx_upstream_key_cooldown_seconds",
-                                                  "Seconds until a cooling key is tried again.", labels=["key"]),
-        }
-        credits = GaugeMetricFamily("sfx_upstream_key_credits_remaining",
-                                    "Upstream credits left, as last checked.", labels=["key"])
-        for name in names:
-            mine = [k for k in keys if k["name"] == name]
-            for st in KEY_STATUSES:
-                status.add_metric([name, st], float(sum(k["status"] == st for k in mine)))
-            for field_name, family in per_key.items():
-                family.add_metric([name], float(sum(k[field_name] or 0 for k in mine)))
-            known = [k["credits_remaining"] for k in mine if k["credits_remaining"] is not None]
-            if known:
-                credits.add_metric([name], float(sum(known)))
-        yield status
-        yield from per_key.values()
-        yield credits
-
-
-# -- rendering --------------------------------------------------------------------------------------
 def event_registry(multiproc_dir: str | None) -> CollectorRegistry:
     """This process's registry, or every process's figures under PROMETHEUS_MULTIPROC_DIR."""
     if not multiproc_dir:
@@ -265,13 +54,6 @@ def event_registry(multiproc_dir: str | None) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
     return registry
-
-
-def render(app: Flask) -> bytes:
-    """The full `/metrics` body: this app's event figures plus the state read now."""
-    state = CollectorRegistry(auto_describe=False)
-    state.register(SnapshotCollector(snapshot(app)))
-    return generate_latest(event_registry(app.config.get("PROMETHEUS_MULTIPROC_DIR"))) + generate_latest(state)
 
 
 def use_multiprocess_values() -> None:

@@ -1,25 +1,17 @@
-"""Celery wiring: one Celery app per Flask app, configured from the same settings."""
+"""Celery: one Celery app per Flask app, configured from the same settings, and the task sender over it."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from celery import Celery, Task
 from flask import Flask
 
+from .services.dispatch import BILLING_SWEEP_TASK, KEYS_TASK, NOTIFY_SWEEP_TASK, PURGE_AUDIO_TASK, SWEEP_TASK
 from .worker_process import DEFAULT_POOL
 
 log = logging.getLogger(__name__)
-
-GENERATE_TASK = "sfx.jobs.generate"
-SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
-KEYS_TASK = "sfx.keys.maintain"
-NOTIFY_TASK = "sfx.notifications.deliver"
-NOTIFY_SWEEP_TASK = "sfx.notifications.sweep"
-PURGE_AUDIO_TASK = "sfx.accounts.purge_deleted_audio"
-BILLING_APPLY_TASK = "sfx.billing.apply_event"
-METER_TASK = "sfx.billing.send_meter_event"
-BILLING_SWEEP_TASK = "sfx.billing.sweep"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -80,11 +72,12 @@ def make_celery(app: Flask) -> Celery:
     return celery
 
 
-class CeleryJobQueue:
-    """Sends jobs by task name, so the API never imports worker code."""
+class CeleryTaskSender:
+    """The TaskSender (services/dispatch.py) over Celery: sends by task name, so nothing imports worker code."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
-        self.celery.send_task(GENERATE_TASK, args=[job_id], countdown=countdown)
+    def send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
+        """Publish task `name` to the broker."""
+        self.celery.send_task(name, args=args, countdown=countdown)

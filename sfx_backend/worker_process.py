@@ -96,7 +96,7 @@ def choose_pool(worker: Any) -> str:
 def reset_after_fork(app: Flask) -> None:
     """At `worker_process_init`, in each pool child: drop what the parent opened, before any task runs."""
     from .extensions import db
-    from .runtime import build_provider, build_storage
+    from .wiring import build_provider, build_storage
 
     with app.app_context():
         for engine in db.engines.values():

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sfx_backend import create_app
 from sfx_backend.extensions import db
 from tests.support.postgres import pg_admin
+from tests.support.tasks import JobQueueView, RecordingTasks
 
 PG_URL_TEMPLATE = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/{name}")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/{db}")
@@ -50,13 +51,18 @@ def encryption_key() -> str:
     return Fernet.generate_key().decode()
 
 
+# APP_ENV=test refuses the published development secrets as production does: the suite has its own.
+TEST_SECRETS = {"JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+                "URL_SIGNING_SECRET": "test-url-signing-secret-" + "y" * 32}
+
+
 def make_environ(database_url: str, instance: Path, encryption_key: str, **extra: str) -> dict[str, str]:
     """The environment a test app is built from: explicit, never the developer's own."""
     env = {
         "APP_ENV": "test",
         "DATABASE_URL": database_url,
         "INSTANCE_PATH": str(instance),
-        "JWT_SECRET": "test-jwt-secret-" + "x" * 32,
+        **TEST_SECRETS,
         "KEY_ENCRYPTION_KEY": encryption_key,
         "LOG_LEVEL": "warning",
         "CELERY_BROKER_URL": "memory://",
@@ -79,7 +85,7 @@ def sqlite_app(tmp_path):
     """The app on its embedded defaults (a SQLite file, migrated), inside an app context."""
     from flask_migrate import upgrade
 
-    app = create_app(FAST_HASH, environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path),
+    app = create_app(FAST_HASH, environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), **TEST_SECRETS,
                                          "LOG_LEVEL": "warning", "CELERY_BROKER_URL": "memory://"})
     with app.app_context():
         upgrade()
@@ -101,19 +107,6 @@ def _migrated(database_url, tmp_path_factory, encryption_key):
     return True
 
 
-class RecordingQueue:
-    """Stands in for the broker in API tests: remembers what was enqueued, in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, float | None]] = []
-        self.fail = False
-
-    def enqueue_generation(self, job_id: str, countdown: float | None = None) -> None:
-        if self.fail:
-            raise ConnectionError("broker down")
-        self.sent.append((job_id, countdown))
-
-
 class ClosingClient(FlaskClient):
     """A test client that closes each response as a WSGI server does, so work the app runs once the
     response is sent (`response.call_on_close`: publishing a submitted job) has run when a call returns."""
@@ -130,7 +123,7 @@ def _closing_test_client(monkeypatch):
 @pytest.fixture
 def app(_migrated, database_url, tmp_path, encryption_key):
     application = create_app(FAST_HASH, environ=make_environ(database_url, tmp_path / "instance", encryption_key))
-    application.extensions["sfx"].job_queue = RecordingQueue()
+    application.extensions["sfx"].tasks = RecordingTasks()
     with application.app_context():
         yield application
         db.session.remove()
@@ -150,8 +143,15 @@ def client(app):
 
 
 @pytest.fixture
-def queue(app) -> RecordingQueue:
-    return app.extensions["sfx"].job_queue
+def tasks(app) -> RecordingTasks:
+    """Every task the app sent, in order (the test app's broker)."""
+    return app.extensions["sfx"].tasks
+
+
+@pytest.fixture
+def queue(tasks) -> JobQueueView:
+    """The generation jobs the API sent, as (job id, countdown)."""
+    return tasks.jobs()
 
 
 class ApiUser:

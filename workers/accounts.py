@@ -4,9 +4,9 @@ from __future__ import annotations
 from celery import shared_task
 
 from sfx_backend.extensions import db
-from sfx_backend.queue import PURGE_AUDIO_TASK
 from sfx_backend.runtime import runtime
 from sfx_backend.services.accounts import PurgeIncomplete, purge_deleted_audio
+from sfx_backend.services.dispatch import PURGE_AUDIO_TASK
 
 
 @shared_task(name=PURGE_AUDIO_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
@@ -15,5 +15,5 @@ def purge_deleted_audio_task(self) -> int:
     rt = runtime()
     try:
         return purge_deleted_audio(db.session, rt.storage, rt.clock)
-    except PurgeIncomplete:
-        raise self.retry(countdown=min(30 * 2 ** self.request.retries, 1800))
+    except PurgeIncomplete as exc:
+        raise self.retry(countdown=min(30 * 2 ** self.request.retries, 1800)) from exc

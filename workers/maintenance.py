@@ -7,8 +7,8 @@ from celery import shared_task
 from flask import current_app
 
 from sfx_backend.extensions import db
-from sfx_backend.queue import SWEEP_TASK
 from sfx_backend.runtime import runtime
+from sfx_backend.services.dispatch import GENERATE_TASK, SWEEP_TASK
 from sfx_backend.services.maintenance import stranded_jobs
 
 
@@ -21,5 +21,5 @@ def sweep_stranded_jobs() -> int:
     ids = stranded_jobs(db.session, rt.clock(), grace)
     db.session.commit()
     for job_id in ids:
-        rt.job_queue.enqueue_generation(str(job_id))
+        rt.tasks.send(GENERATE_TASK, [str(job_id)])
     return len(ids)

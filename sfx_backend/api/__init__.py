@@ -12,6 +12,8 @@ def register_blueprints(app: Flask, api: Api) -> None:
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for module in (auth, users, jobs, usage, health, admin, admin_keys):
         api.register_blueprint(module.blp)
+    from . import email_verification
+    api.register_blueprint(email_verification.blp)
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
     from .openapi import document_file_downloads
     document_file_downloads(app, api)

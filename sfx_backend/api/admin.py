@@ -6,15 +6,13 @@ import uuid
 from flask import current_app, g
 from flask_jwt_extended import current_user
 
-from .. import plans
+from .. import plans, wiring
 from ..auth import admin_required
 from ..errors import ValidationFailed
 from ..extensions import db
 from ..models import UserStatus
 from ..runtime import runtime
 from ..services import analytics, audit
-from ..services.accounts import AccountService
-from ..services.users import UserService
 from .common import BEARER, Blueprint, problem_responses
 from .schemas import (AdminUserPageSchema, AdminUserQuerySchema, AdminUserSchema, AuditPageSchema,
                       AuditQuerySchema, DateRangeQuerySchema, RevenueSchema, UsageStatsSchema,
@@ -89,7 +87,7 @@ def revenue(query):
 def set_status(body, user_id: uuid.UUID):
     """Set an account's status."""
     rt = runtime()
-    accounts = AccountService(db.session, UserService(db.session, rt.hasher), rt.clock)
+    accounts = wiring.current().account_service()
     user = accounts.set_status(current_user, user_id, UserStatus(body["status"]), body["reason"],
                                getattr(g, "request_id", None))
     db.session.commit()

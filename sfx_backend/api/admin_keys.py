@@ -6,13 +6,13 @@ import uuid
 import sqlalchemy as sa
 from marshmallow import Schema, fields, validate
 
+from .. import wiring
+from ..auth import admin_required
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..extensions import db
 from ..models import ApiKey, ApiKeyStatus, Job, JobAttempt
 from ..runtime import runtime
 from ..services.key_stats import key_figures
-from ..auth import admin_required
-from ..workers_support import build_key_pool
 from .common import BEARER, Blueprint, problem_responses
 from .jobs import serialize_job
 from .schemas import JobSchema
@@ -105,7 +105,7 @@ def _serialize(key: ApiKey, figures: dict) -> dict:
 
 
 def _figures_for(key: ApiKey) -> dict:
-    return key_figures(db.session, build_key_pool(), runtime().clock())[key.id]
+    return key_figures(db.session, wiring.current().key_pool(), runtime().clock())[key.id]
 
 
 def _get(key_id: uuid.UUID) -> ApiKey:
@@ -122,7 +122,7 @@ def _get(key_id: uuid.UUID) -> ApiKey:
 @problem_responses(blp, 401, 403)
 def list_keys():
     """Every key with its state and figures (in flight, calls today, success rate, p50, cost)."""
-    figures = key_figures(db.session, build_key_pool(), runtime().clock())
+    figures = key_figures(db.session, wiring.current().key_pool(), runtime().clock())
     keys = db.session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at)).all()
     return {"items": [_serialize(k, figures[k.id]) for k in keys]}
 
@@ -135,7 +135,8 @@ def list_keys():
 @problem_responses(blp, 401, 403, 409, 422)
 def add_key(body):
     """Add an upstream key; it is stored encrypted and never shown again."""
-    key, created = build_key_pool().add(body["name"], body["key"], body["max_concurrency"], body["daily_limit"])
+    key, created = wiring.current().key_pool().add(body["name"], body["key"], body["max_concurrency"],
+                                                   body["daily_limit"])
     if not created:
         db.session.rollback()
         raise Conflict(f"This key is already in the pool as {key.key_name!r}.")
@@ -154,18 +155,7 @@ def patch_key(body, key_id: uuid.UUID):
     if not body:
         raise ValidationFailed("Send at least one of name, enabled, max_concurrency, daily_limit.",
                                errors={"_schema": ["Empty update."]})
-    key = _get(key_id)
-    if "name" in body:
-        key.key_name = body["name"]
-    if "max_concurrency" in body:
-        key.max_concurrency = body["max_concurrency"]
-    if "daily_limit" in body:
-        key.daily_limit = body["daily_limit"]
-    if body.get("enabled") is True:
-        key.status, key.status_reason, key.cooldown_until = ApiKeyStatus.ACTIVE, None, None
-        key.consecutive_failures = 0
-    elif body.get("enabled") is False:
-        key.status, key.status_reason = ApiKeyStatus.DISABLED, "disabled by an operator"
+    key = wiring.current().key_pool().update(_get(key_id), **body)
     db.session.commit()
     return _serialize(key, _figures_for(key))
 
@@ -177,14 +167,10 @@ def patch_key(body, key_id: uuid.UUID):
 @problem_responses(blp, 401, 403, 404)
 def check_key(key_id: uuid.UUID):
     """Ask the upstream about this key now (validity, credits left) and apply what it says."""
-    from ..providers.elevenlabs import ElevenLabsClient
-    from flask import current_app
-
     key = _get(key_id)
-    cfg = current_app.config
-    with ElevenLabsClient(base_url=cfg["ELEVEN_LABS_BASE_URL"], connect_timeout=cfg["ELEVEN_LABS_CONNECT_TIMEOUT"],
-                          read_timeout=cfg["ELEVEN_LABS_READ_TIMEOUT"]) as client:
-        probe = build_key_pool().probe(key, client)
+    wired = wiring.current()
+    with wired.probe_client() as client:
+        probe = wired.key_pool().probe(key, client)
     db.session.commit()
     return {"key": _serialize(key, _figures_for(key)), "probe": probe}
 

@@ -6,6 +6,7 @@ from flask import current_app, request
 from flask_jwt_extended import current_user
 from flask_smorest.utils import resolve_schema_instance
 
+from ..errors import handle_http_exception
 from ..extensions import db
 from ..runtime import runtime
 from ..services import quota
@@ -13,6 +14,23 @@ from .request_input import ApiParser
 from .schemas import ProblemSchema
 
 BEARER = [{"bearerAuth": []}]
+
+
+class ProblemApi(flask_smorest.Api):
+    """flask-smorest's Api, but HTTP errors render as problem+json like every other error."""
+
+    ERROR_SCHEMA = ProblemSchema  # documents the default and 422 responses with the real shape
+
+    def handle_http_exception(self, error):  # noqa: D102 - overrides the library's JSON body
+        return handle_http_exception(error)
+
+    def _register_responses(self):
+        """The shared error responses (`default`, automatic 422) are problem+json, as sent."""
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"
+        try:
+            super()._register_responses()
+        finally:
+            del self.DEFAULT_RESPONSE_CONTENT_TYPE
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -9,12 +9,13 @@ import sqlalchemy as sa
 from flask import after_this_request, current_app, g, redirect, request
 from flask_jwt_extended import current_user, jwt_required
 
+from .. import wiring
 from ..errors import NotFound, ValidationFailed
-from .. import plans
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
 from ..services import jobs
+from ..services.dispatch import GENERATE_TASK
 from ..services.jobs import GenerationParams, JobService
 from . import limits
 from .common import BEARER, Blueprint, caller_allowance, problem_responses
@@ -34,11 +35,7 @@ IDEMPOTENCY_HEADER = {
 
 
 def _service() -> JobService:
-    rt = runtime()
-    cfg = current_app.config
-    # The jobs-at-once cap is an abuse limit: RATELIMIT_ENABLED=false (load tests) lifts it with the rest.
-    return JobService(db.session, rt.clock, cfg["TRIAL_GENERATION_LIMIT"], plans=plans.catalogue(cfg),
-                      cap_jobs=cfg["RATELIMIT_ENABLED"])
+    return wiring.current().job_service()
 
 
 def serialize_job(job: Job | sa.Row) -> dict:
@@ -98,11 +95,11 @@ def _enqueue_after_response(job_id: str) -> None:
     process dies before the publish, or the broker is down, the job stays queued and the sweeper
     re-sends it (`SWEEP_*` settings).
     """
-    queue = runtime().job_queue
+    tasks = runtime().tasks
 
     def publish() -> None:
         try:
-            queue.enqueue_generation(job_id)
+            tasks.send(GENERATE_TASK, [job_id])
         except Exception:  # noqa: BLE001 - the job row is safe; the sweeper re-sends it
             log.exception("enqueue failed; the job waits for the sweeper",
                           extra={"event": "enqueue_failed", "job_id": job_id})

@@ -6,12 +6,12 @@ from flask import current_app
 from flask_jwt_extended import current_user, jwt_required
 from marshmallow import Schema, fields, validate
 
-from .. import plans
+from .. import plans, wiring
 from ..extensions import db
 from ..plans import PAID_PLANS
-from ..runtime import runtime
-from ..services.billing import BillingService, BillingSettings
+from ..services.billing import BillingService
 from .common import BEARER, Blueprint, problem_responses
+from .redirects import BillingRedirect
 
 blp = Blueprint("subscription", __name__, url_prefix="/subscription", description="Plans and Stripe billing")
 
@@ -52,10 +52,17 @@ class SubscriptionSchema(Schema):
     user_status = fields.String()
 
 
+_REDIRECT = "Where Stripe sends the user back to; must be on a host in BILLING_REDIRECT_HOSTS (422 otherwise)."
+
+
 class CreateSchema(Schema):
     plan = fields.String(required=True, validate=validate.OneOf(PAID_PLANS))
-    success_url = fields.Url(required=True, require_tld=False, validate=validate.Length(max=2000))
-    cancel_url = fields.Url(required=True, require_tld=False, validate=validate.Length(max=2000))
+    success_url = fields.Url(required=True, require_tld=False, schemes={"http", "https"},
+                             validate=[validate.Length(max=2000), BillingRedirect()],
+                             metadata={"description": _REDIRECT})
+    cancel_url = fields.Url(required=True, require_tld=False, schemes={"http", "https"},
+                            validate=[validate.Length(max=2000), BillingRedirect()],
+                            metadata={"description": _REDIRECT})
 
 
 class CheckoutSchema(Schema):
@@ -68,8 +75,9 @@ class ChangePlanSchema(Schema):
 
 
 class PortalRequestSchema(Schema):
-    return_url = fields.Url(load_default=None, allow_none=True, require_tld=False,
-                            validate=validate.Length(max=2000))
+    return_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"},
+                            validate=[validate.Length(max=2000), BillingRedirect()],
+                            metadata={"description": _REDIRECT + " Default: BILLING_PORTAL_RETURN_URL."})
 
 
 class PortalSchema(Schema):
@@ -100,8 +108,7 @@ class OverageCapSchema(Schema):
 
 
 def service() -> BillingService:
-    cfg = current_app.config
-    return BillingService(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
+    return wiring.current().billing_service()
 
 
 @blp.route("/plans", methods=["GET"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 from flask import current_app, g
 from flask_jwt_extended import current_user, jwt_required
 
+from .. import wiring
 from ..extensions import db
 from ..runtime import runtime
-from ..services.accounts import AccountService, StripeSettings
-from ..services.users import UserService
+from ..services import notifications, verification
+from ..services.accounts import AccountService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
 from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema
@@ -16,11 +17,7 @@ blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's 
 
 
 def _accounts() -> AccountService:
-    rt = runtime()
-    cfg = current_app.config
-    return AccountService(db.session, UserService(db.session, rt.hasher), rt.clock,
-                          job_lease_seconds=cfg["JOB_LEASE_SECONDS"],
-                          stripe_settings=StripeSettings(cfg["STRIPE_SECRET_KEY"], cfg["STRIPE_API_BASE"]))
+    return wiring.current().account_service()
 
 
 @blp.route("/profile", methods=["GET"])
@@ -35,6 +32,7 @@ def profile():
 
 @blp.route("/profile", methods=["PUT"])
 @jwt_required()
+@limits.profile_changes
 @limits.password_checks
 @blp.arguments(ProfileUpdateSchema)
 @blp.response(200, UserSchema)
@@ -45,7 +43,12 @@ def profile():
 def update_profile(body):
     """Update the caller's names, email or password."""
     session = getattr(g, "auth_session", None)
+    previous_email = current_user.email
     user = _accounts().update_profile(current_user, body, session.id if session is not None else None)
+    if user.email != previous_email:
+        rt = runtime()
+        notifications.verification_email(db.session, user, rt.clock(),
+                                         verification.verify_url(current_app.config["API_BASE_URL"]), sender=rt.tasks)
     db.session.commit()
     return user
 

@@ -7,12 +7,10 @@ import stripe
 from flask import current_app, request
 from marshmallow import Schema, fields
 
+from .. import wiring
 from ..errors import DomainError, InvalidJson
-from .. import plans
-from ..runtime import runtime
-from ..services.billing import BillingSettings
-from ..services.billing_events import HANDLED_EVENTS, BillingEvents
 from ..extensions import db
+from ..services.billing_events import HANDLED_EVENTS
 from . import request_input
 from .common import Blueprint, problem_responses
 
@@ -63,9 +61,7 @@ def stripe_webhook():
     data = _event_body(payload)
     if data.get("type") not in HANDLED_EVENTS:
         return {"received": True, "duplicate": False, "ignored": "unhandled event type"}
-    cfg = current_app.config
-    events = BillingEvents(db.session, BillingSettings.from_config(cfg), plans.catalogue(cfg), runtime().clock)
-    stored = events.record_event(data)
+    stored = wiring.current().billing_events().record_event(data)
     db.session.commit()  # the apply task is sent once this commits
     return {"received": True, "duplicate": not stored, "ignored": None}
 

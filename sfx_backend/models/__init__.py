@@ -9,6 +9,7 @@ from .notification import Notification, NotificationKind, NotificationStatus
 from .types import utcnow
 from .usage import ApiUsage, MonthlyUsage
 from .user import AuthSession, User, UserRole, UserStatus
+from .verification import EmailVerificationToken
 
 __all__ = [
     "BillingCustomer", "MeterEventStatus", "OverageCharge", "StripeEvent", "StripeEventStatus",
@@ -16,4 +17,5 @@ __all__ = [
     "ApiKey", "ApiKeyStatus", "ApiUsage", "AuthSession", "FINISHED", "Job", "JobAttempt", "JobStatus", "KeyLease",
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
     "User", "UserRole", "UserStatus", "utcnow",
+    "EmailVerificationToken",
 ]

@@ -19,6 +19,7 @@ class NotificationKind(str, enum.Enum):
     PAYMENT_FAILED = "payment_failed"
     SUBSCRIPTION_CANCELED = "subscription_canceled"
     ACCOUNT_DELETED = "account_deleted"
+    VERIFY_EMAIL = "verify_email"
 
 
 class NotificationStatus(str, enum.Enum):
@@ -27,6 +28,7 @@ class NotificationStatus(str, enum.Enum):
     SENT = "sent"  # handed to the SMTP server
     LOGGED = "logged"  # no SMTP configured: written to the log instead
     FAILED = "failed"  # gave up after the retries
+    OBSOLETE = "obsolete"  # no longer needed when its turn came (a link for an address verified or changed since)
 
 
 class Notification(db.Model):

@@ -40,6 +40,10 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
     last_login: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # True once a link mailed to `email` was followed (services/verification.py); a new address starts
+    # unverified again. Until then no mail to the address carries text the user typed.
+    email_verified: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False,
+                                                 server_default=sa.false())
 
     __table_args__ = (sa.Index("idx_users_email", "email"),)
 
@@ -49,10 +53,13 @@ class User(db.Model):
 
 
 class AuthSession(db.Model):
-    """One login: both tokens carry its id (`sid`), so logout revokes the pair at once.
+    """One login (a plugin instance, a browser): both tokens carry its id (`sid`), so ending it stops
+    the pair at once and leaves the user's other sessions alone.
 
-    The refresh token rotates: only `refresh_jti` is accepted, and presenting an older one (a stolen
-    or replayed token) revokes the whole session.
+    The refresh token rotates in one conditional update: only `refresh_jti` rotates. The token it
+    replaced (`previous_refresh_jti`) presented again within the reuse grace gets the current pair
+    again (rebuilt from `access_jti`, `refresh_jti` and `issued_at`, so it is the same pair); any
+    older token, or that one later, ends the session as a stolen token would.
     """
 
     __tablename__ = "auth_sessions"
@@ -60,7 +67,13 @@ class AuthSession(db.Model):
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"),
                                                nullable=False, index=True)
+    client_name: Mapped[str | None] = mapped_column(sa.String(200))
     refresh_jti: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    access_jti: Mapped[str | None] = mapped_column(sa.String(64))
+    previous_refresh_jti: Mapped[str | None] = mapped_column(sa.String(64))
+    # When the current token pair was made: both tokens' `iat`, and the start of the reuse grace.
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -219,6 +219,6 @@ def _crossfade_loop(samples: list[int], n: int, xfade: int) -> list[int]:
         return samples
     head = [
         round(a * (i / xfade) + b * (1.0 - i / xfade))
-        for i, (a, b) in enumerate(zip(samples[:xfade], samples[n : n + xfade]))
+        for i, (a, b) in enumerate(zip(samples[:xfade], samples[n : n + xfade], strict=False))
     ]
     return head + samples[xfade:n]

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import sqlalchemy as sa
+import stripe
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, EmailTaken, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from ..models import (FINISHED, ApiUsage, AuthSession, Job, JobStatus, Notification, QuotaState,
                       StorageDeletion, Subscription, SubscriptionStatus, User, UserStatus)
-from ..queue import PURGE_AUDIO_TASK
-from . import audit, notifications, quota
-from .dispatch import after_commit
+from . import audit, notifications, quota, verification
+from .billing import BillingService
+from .dispatch import PURGE_AUDIO_TASK, TaskSender, after_commit
 from .users import UserService, normalize_email
 
 log = logging.getLogger(__name__)
@@ -29,32 +29,22 @@ log = logging.getLogger(__name__)
 _BILLABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.INCOMPLETE)
 
 
-@dataclass(frozen=True)
-class StripeSettings:
-    secret_key: str | None = None
-    api_base: str | None = None
-
-
-def cancel_stripe_subscriptions(session: Session, user: User, stripe_settings: StripeSettings) -> int:
+def cancel_stripe_subscriptions(session: Session, user: User, billing: BillingService) -> int:
     """Billing hook for account deletion: cancel the user's live Stripe subscriptions immediately.
 
-    Does nothing unless `STRIPE_SECRET_KEY` is configured. Raises ServiceUnavailable (before anything
-    else has changed) when Stripe cannot be reached, so the user can retry instead of being billed
-    for a deleted account. Returns how many subscriptions were canceled.
+    Does nothing unless billing is configured (`STRIPE_SECRET_KEY`); uses the billing service's
+    Stripe client (its timeout and retries). Raises ServiceUnavailable (before anything else has
+    changed) when Stripe cannot be reached, so the user can retry instead of being billed for a
+    deleted account. Returns how many subscriptions were canceled.
     """
     subs = session.scalars(sa.select(Subscription).where(
         Subscription.user_id == user.id, Subscription.status.in_(_BILLABLE),
         Subscription.stripe_subscription_id.is_not(None))).all()
-    if not stripe_settings.secret_key or not subs:
+    if not billing.configured or not subs:
         return 0
-    import stripe
-
-    client = stripe.StripeClient(stripe_settings.secret_key, max_network_retries=2,
-                                 base_addresses={"api": stripe_settings.api_base} if stripe_settings.api_base
-                                 else None)
     for sub in subs:
         try:
-            client.v1.subscriptions.cancel(sub.stripe_subscription_id)
+            billing.client.v1.subscriptions.cancel(sub.stripe_subscription_id)
         except stripe.InvalidRequestError as exc:
             if getattr(exc, "code", None) != "resource_missing":
                 raise ServiceUnavailable("Billing could not cancel the subscription; try again.") from exc
@@ -65,13 +55,16 @@ def cancel_stripe_subscriptions(session: Session, user: User, stripe_settings: S
 
 
 class AccountService:
+    """Built in sfx_backend/wiring.py: every argument is the app's (no silent default)."""
+
     def __init__(self, session: Session, users: UserService, clock: Callable[[], datetime], *,
-                 job_lease_seconds: int = 300, stripe_settings: StripeSettings = StripeSettings()) -> None:
+                 job_lease_seconds: int, billing: BillingService, sender: TaskSender) -> None:
         self.session = session
         self.users = users
         self.clock = clock
         self.job_lease_seconds = job_lease_seconds
-        self.stripe_settings = stripe_settings
+        self.billing = billing
+        self.sender = sender
 
     # -- the caller's own account ----------------------------------------------------------------
     def update_profile(self, user: User, changes: dict[str, Any],
@@ -97,6 +90,7 @@ class AccountService:
             if taken is not None:
                 raise EmailTaken("An account with this email already exists.")
             user.email = new_email
+            verification.address_changed(user)
         if password_changes:
             self.users.set_password(user, changes["password"])
             others = [AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None)]
@@ -112,7 +106,7 @@ class AccountService:
         data gone, usage rows kept without the user. The email can register again afterwards."""
         if not self.users.check_password(user, password):
             raise Unauthorized("The password is wrong.")
-        cancel_stripe_subscriptions(self.session, user, self.stripe_settings)
+        cancel_stripe_subscriptions(self.session, user, self.billing)
         now = self.clock()
         user_id = user.id
         jobs = self.session.execute(sa.select(Job.id, Job.status, Job.storage_key, Job.output_format)
@@ -147,16 +141,18 @@ class AccountService:
         self.session.execute(sa.delete(Notification).where(Notification.user_id == user_id)
                              .execution_options(synchronize_session=False))
         audit.forget_email(self.session, user_id)
+        verification.forget(self.session, user_id)
         self.session.execute(sa.update(AuthSession).where(AuthSession.user_id == user_id)
                              .values(revoked_at=now).execution_options(synchronize_session=False))
-        notifications.account_deleted(self.session, user, now)
+        notifications.account_deleted(self.session, user, now, sender=self.sender)
         # Sessions, subscriptions and quota counters go with the user row (ON DELETE CASCADE).
         self.session.delete(user)
         self.session.flush()
         if keys_now:
-            after_commit(self.session, PURGE_AUDIO_TASK, [])
+            after_commit(self.session, PURGE_AUDIO_TASK, [], sender=self.sender)
         if keys_later:
-            after_commit(self.session, PURGE_AUDIO_TASK, [], countdown=(later - now).total_seconds() + 5)
+            after_commit(self.session, PURGE_AUDIO_TASK, [], sender=self.sender,
+                         countdown=(later - now).total_seconds() + 5)
         log.info("account deleted", extra={"event": "account_deleted", "user_id": str(user_id),
                                            "objects": len(keys_now) + len(keys_later)})
 

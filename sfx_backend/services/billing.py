@@ -148,8 +148,8 @@ class BillingService:
     """The caller owns the transaction and commits; tasks are sent after the commit."""
 
     def __init__(self, session: Session, settings: BillingSettings, plans: Catalogue,
-                 clock: Callable[[], datetime], client: stripe.StripeClient | None = None,
-                 sender: TaskSender | None = None) -> None:
+                 clock: Callable[[], datetime], *, sender: TaskSender,
+                 client: stripe.StripeClient | None = None) -> None:
         self.session = session
         self.settings = settings
         self.plans = plans
@@ -158,7 +158,13 @@ class BillingService:
         self.sender = sender
 
     @property
+    def configured(self) -> bool:
+        """Whether this server talks to Stripe at all (`STRIPE_SECRET_KEY`)."""
+        return bool(self.settings.secret_key)
+
+    @property
     def client(self) -> stripe.StripeClient:
+        """The Stripe client (built on first use, with the configured timeout); BillingNotConfigured without a key."""
         if self._client is None:
             self._client = stripe_client(self.settings)
         return self._client

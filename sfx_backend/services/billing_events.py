@@ -16,10 +16,9 @@ import stripe
 from sqlalchemy.exc import IntegrityError
 
 from ..models import StripeEvent, StripeEventStatus, SubscriptionStatus, User
-from ..queue import BILLING_APPLY_TASK
 from . import notifications
 from .billing import TRANSIENT, BillingService, RetryLater, _ts, _uuid, plain, stripe_id
-from .dispatch import after_commit
+from .dispatch import BILLING_APPLY_TASK, after_commit
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +114,13 @@ class BillingEvents(BillingService):
             # One email per failed attempt: Stripe counts attempts on the invoice.
             notifications.payment_failed(
                 self.session, user, invoice_id=f"{obj.get('id')}#{obj.get('attempt_count') or 1}",
-                plan=sub.plan_type.value, now=now, amount_cents=obj.get("amount_due"),
+                plan=sub.plan_type.value, now=now, sender=self.sender, amount_cents=obj.get("amount_due"),
                 currency=obj.get("currency") or "usd", action_url=obj.get("hosted_invoice_url"))
         if kind == "customer.subscription.deleted" and user is not None \
                 and sub.status == SubscriptionStatus.CANCELED:
             notifications.subscription_canceled(self.session, user, subscription_id=sub.stripe_subscription_id,
-                                                plan=sub.plan_type.value, now=now, ends_at=sub.current_period_end)
+                                                plan=sub.plan_type.value, now=now, sender=self.sender,
+                                                ends_at=sub.current_period_end)
         return applied
 
     def _refetch(self, sub_id: str | None, fallback: Mapping[str, Any] | None = None) -> dict | None:

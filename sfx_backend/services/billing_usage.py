@@ -23,9 +23,8 @@ from sqlalchemy.orm import Session
 
 from ..models import (BillingCustomer, Job, MeterEventStatus, MonthlyUsage, OverageCharge, StripeEvent,
                       StripeEventStatus, Subscription)
-from ..queue import METER_TASK
 from .billing import TRANSIENT, BillingSettings, RetryLater
-from .dispatch import TaskSender, after_commit
+from .dispatch import METER_TASK, TaskSender, after_commit
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,11 @@ def identifier_for(job_id: uuid.UUID) -> str:
     return f"sfx-job-{job_id}"
 
 
-def record_overage(session: Session, job: Job, now: datetime,
-                   sender: TaskSender | None = None, send: bool = True) -> OverageCharge | None:
-    """Count the just-settled job as overage if it went past the limit; None otherwise."""
+def record_overage(session: Session, job: Job, now: datetime, sender: TaskSender | None) -> OverageCharge | None:
+    """Count the just-settled job as overage if it went past the limit; None otherwise.
+
+    Without a `sender` the meter-event row stays pending and the billing sweeper sends its task.
+    """
     if job.user_id is None or job.plan in (None, "trial"):
         return None
     subs = session.scalars(sa.select(Subscription).where(Subscription.user_id == job.user_id)
@@ -70,22 +71,20 @@ def record_overage(session: Session, job: Job, now: datetime,
         .values(overage_count=MonthlyUsage.overage_count + 1,
                 total_cost_cents=MonthlyUsage.total_cost_cents + charge.price_cents, updated_at=now)
         .execution_options(synchronize_session=False))
-    if send:
+    if sender is not None:
         after_commit(session, METER_TASK, [str(charge.id)], sender=sender)
     return charge
 
 
-def on_generation_settled(session: Session, job: Job, now: datetime) -> None:
+def on_generation_settled(session: Session, job: Job, now: datetime, *, sender: TaskSender | None) -> None:
     """The runner's hook after a successful settlement (before its commit). Never fails the job.
 
-    A SAVEPOINT keeps a failure here to its own statements; without an app (no task sender) the row
-    stays pending and the billing sweeper sends it.
+    Bound to the app's task sender in sfx_backend/wiring.py. A SAVEPOINT keeps a failure here to its own
+    statements.
     """
     try:
-        from flask import has_app_context
-
         with session.begin_nested():
-            record_overage(session, job, now, send=has_app_context())
+            record_overage(session, job, now, sender)
     except Exception:  # noqa: BLE001 - billing bookkeeping must never fail a delivered generation
         log.exception("could not record overage", extra={"event": "overage_error", "job_id": str(job.id)})
 

@@ -1,9 +1,13 @@
-"""Sending Celery tasks by name, only once the transaction that made their rows has committed.
+"""Sending tasks by name: the one way the domain hands work to the workers.
 
-`after_commit(session, name, args)` queues a task message on the session; it goes to the broker when
-the session's outermost transaction commits, and is dropped if the transaction rolls back. A message
-lost on the way (broker down) is not a lost task: the rows it would act on stay in the database and a
-periodic sweeper sends their task again.
+`TaskSender` sends a task by its name (below); sfx_backend/queue.py implements it over Celery, and
+`Runtime.tasks` hands the app's sender to every service that sends (sfx_backend/wiring.py), so no
+service imports Celery or worker code. The API's job queue is this sender too (`GENERATE_TASK`).
+
+`after_commit(session, name, args, sender=...)` queues a task message on the session; it goes to the
+broker when the session's outermost transaction commits, and is dropped if the transaction rolls
+back. A message lost on the way (broker down) is not a lost task: the rows it would act on stay in
+the database and a periodic sweeper sends their task again.
 """
 from __future__ import annotations
 
@@ -17,36 +21,27 @@ log = logging.getLogger(__name__)
 
 _PENDING = "sfx_after_commit"
 
+# The tasks, by the names workers/*.py register them under.
+GENERATE_TASK = "sfx.jobs.generate"
+SWEEP_TASK = "sfx.maintenance.sweep_stranded_jobs"
+KEYS_TASK = "sfx.keys.maintain"
+NOTIFY_TASK = "sfx.notifications.deliver"
+NOTIFY_SWEEP_TASK = "sfx.notifications.sweep"
+PURGE_AUDIO_TASK = "sfx.accounts.purge_deleted_audio"
+BILLING_APPLY_TASK = "sfx.billing.apply_event"
+METER_TASK = "sfx.billing.send_meter_event"
+BILLING_SWEEP_TASK = "sfx.billing.sweep"
+
 
 class TaskSender(Protocol):
-    def send(self, name: str, args: list[Any], countdown: float | None = None) -> None: ...
-
-
-class CeleryTaskSender:
-    """Sends by task name, so the API never imports worker code."""
-
-    def __init__(self, celery) -> None:
-        self.celery = celery
-
     def send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
-        self.celery.send_task(name, args=args, countdown=countdown)
+        """Hand task `name` with `args` to the broker now (`countdown`: run it no sooner than that)."""
+        ...
 
 
-def task_sender(app=None) -> TaskSender:
-    """The app's sender (tests put a recording one in `app.extensions["sfx_tasks"]`)."""
-    if app is None:
-        from flask import current_app
-        app = current_app._get_current_object()
-    sender = app.extensions.get("sfx_tasks")
-    if sender is None:
-        sender = app.extensions["sfx_tasks"] = CeleryTaskSender(app.extensions["celery"])
-    return sender
-
-
-def after_commit(session: Session, name: str, args: list[Any], *, countdown: float | None = None,
-                 sender: TaskSender | None = None) -> None:
-    """Send task `name` once the session's current transaction commits."""
-    sender = sender or task_sender()
+def after_commit(session: Session, name: str, args: list[Any], *, sender: TaskSender,
+                 countdown: float | None = None) -> None:
+    """Send task `name` through `sender` once the session's current transaction commits."""
     session.info.setdefault(_PENDING, []).append((sender, name, args, countdown))
 
 

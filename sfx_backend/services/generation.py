@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -28,7 +28,7 @@ from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
 from ..storage.spool import AudioSpool
-from . import billing_usage, notifications, quota
+from . import quota
 from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
 from .spooled_upload import SpooledUploads, elapsed_ms
 
@@ -87,6 +87,12 @@ class RunResult:
         return cls("done", 0.0, status)
 
 
+# What else happens when a job's unit is settled (the usage emails, overage metering): called with the
+# session, the job and the time, inside the settling transaction, before its commit; each never raises.
+# sfx_backend/wiring.py binds them to the app's settings and task sender.
+SettledHook = Callable[[Session, Job, datetime], None]
+
+
 def storage_key_for(job: Job, extension: str) -> str:
     """Deterministic object key: a retried upload overwrites, never duplicates."""
     return f"audio/{job.user_id}/{job.id}.{extension}"
@@ -98,7 +104,7 @@ class GenerationRunner(SpooledUploads):
                  settings: RunnerSettings = RunnerSettings(),
                  sleep: Callable[[float], None] = time.sleep,
                  wait_for_slot: Callable[[float], None] = slot_freed.wait,
-                 spool: AudioSpool | None = None) -> None:
+                 spool: AudioSpool | None = None, on_settled: Sequence[SettledHook] = ()) -> None:
         self.session = session
         self.provider = provider
         self.storage = storage
@@ -108,6 +114,7 @@ class GenerationRunner(SpooledUploads):
         self.sleep = sleep
         self.wait_for_slot = wait_for_slot
         self.spool = spool
+        self.on_settled = tuple(on_settled)
 
     # -- the one public step ---------------------------------------------------------------------
     def run(self, job_id: uuid.UUID) -> RunResult:
@@ -372,8 +379,8 @@ class GenerationRunner(SpooledUploads):
                 influence_level=job.prompt_influence, success=True, cost_cents=0,
                 upstream_credits=audio.upstream_cost,
                 response_time_ms=audio.latency_ms, file_size_bytes=len(audio.data), created_at=now))
-            notifications.on_generation_settled(self.session, job, now)  # 80%/100% email, never raises
-            billing_usage.on_generation_settled(self.session, job, now)  # overage: counted and metered once
+            for hook in self.on_settled:  # 80%/100% emails, overage: each owed once, never raises
+                hook(self.session, job, now)
         job.status = JobStatus.SUCCEEDED
         job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
         job.finished_at, job.lease_until, job.queue_reason = now, None, None

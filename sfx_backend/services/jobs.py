@@ -12,10 +12,10 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from ..errors import (AccountSuspended, IdempotencyConflict, JobNotCancelable, NotFound, TooManyJobs,
-                      ValidationFailed)
+from ..errors import (AccountSuspended, EmailNotVerified, IdempotencyConflict, JobNotCancelable, NotFound,
+                      TooManyJobs, ValidationFailed)
 from ..models import Job, JobStatus, OutputFormat, QuotaState, User, UserStatus
-from ..plans import Catalogue
+from ..plans import TRIAL, Catalogue
 from . import quota
 from .sql import insert_for
 
@@ -72,14 +72,17 @@ class JobService:
     """The caller owns the transaction: it commits, and enqueues only after the commit."""
 
     def __init__(self, session: Session, clock: Callable[[], datetime], trial_limit: int,
-                 plans: Catalogue | None = None, cap_jobs: bool = True) -> None:
+                 plans: Catalogue | None = None, cap_jobs: bool = True,
+                 require_email_verification: bool = False) -> None:
         """`plans` brings the per-plan caps (duration; jobs at once unless `cap_jobs` is off); without
-        it only the quota applies."""
+        it only the quota applies. `require_email_verification`: trial accounts must have verified
+        their address (REQUIRE_EMAIL_VERIFICATION)."""
         self.session = session
         self.clock = clock
         self.trial_limit = trial_limit
         self.plans = plans
         self.cap_jobs = cap_jobs
+        self.require_email_verification = require_email_verification
 
     def submit(self, user: User, params: GenerationParams, idempotency_key: str | None = None,
                request_id: str | None = None, allowance: quota.Allowance | None = None) -> tuple[Job, bool]:
@@ -97,6 +100,12 @@ class JobService:
         fingerprint = params.fingerprint()
         if allowance is None:
             allowance = quota.allowance_for(self.session, user, now, self.trial_limit)
+        # From the loaded user row and the allowance the caller already has: no query of its own.
+        # Only the free allowance is gated; anyone a subscription entitles is never held up.
+        if self.require_email_verification and not user.email_verified and user.status == UserStatus.TRIAL \
+                and allowance.plan == TRIAL:
+            raise EmailNotVerified("Confirm your email address first: follow the link we emailed you "
+                                   "(POST /auth/email/resend sends a new one).")
         values = {
             "id": uuid.uuid4(), "user_id": user.id, "status": JobStatus.QUEUED, "prompt": params.prompt,
             "duration_seconds": params.duration_seconds, "prompt_influence": params.prompt_influence,

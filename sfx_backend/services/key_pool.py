@@ -14,6 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
@@ -119,7 +120,10 @@ _COUNT_CALL = (
 
 
 class KeyPool:
-    """Key pool operations on a session; methods flush, the caller commits (promptly, after acquire)."""
+    """Key pool operations on a session; methods flush, the caller commits (promptly, after acquire).
+
+    `probe_due` alone commits, after each key it probes.
+    """
 
     def __init__(self, session: Session, cipher: KeyCipher | None, clock: Callable[[], datetime],
                  default_concurrency: int = 2, lease_seconds: int = 30) -> None:
@@ -153,6 +157,30 @@ class KeyPool:
         self.session.flush()
         log.info("upstream key added", extra={"event": "key_added", "key": name})
         return key, True
+
+    def update(self, key: ApiKey, *, name: str | None = None, max_concurrency: int | None = None,
+               daily_limit: int | None = None, enabled: bool | None = None) -> ApiKey:
+        """An operator's change: rename, new limits, and `enabled` true or false (None: left as it is)."""
+        if name is not None:
+            key.key_name = name
+        if max_concurrency is not None:
+            key.max_concurrency = max_concurrency
+        if daily_limit is not None:
+            key.daily_limit = daily_limit
+        if enabled is True:
+            self.enable(key)
+        elif enabled is False:
+            self.disable(key)
+        return key
+
+    def enable(self, key: ApiKey) -> None:
+        """Back in rotation at once: no cooldown, no reason, and its failure streak forgotten."""
+        key.status, key.status_reason, key.cooldown_until = ApiKeyStatus.ACTIVE, None, None
+        key.consecutive_failures = 0
+
+    def disable(self, key: ApiKey, reason: str = "disabled by an operator") -> None:
+        """Out of rotation until enabled again (the probe and the maintenance leave it alone)."""
+        key.status, key.status_reason = ApiKeyStatus.DISABLED, reason
 
     def by_secret(self, secret: str) -> ApiKey | None:
         return self.session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == fingerprint(secret.strip()))).first()
@@ -335,6 +363,29 @@ class KeyPool:
                     else now + QUOTA_COOLDOWN_FALLBACK
                 self._set(key, ApiKeyStatus.RATE_LIMITED, "upstream credits exhausted until their reset", until)
         return {"ok": True, "credits_remaining": key.credits_remaining, "tier": key.tier}
+
+    def probe_due(self, interval: timedelta, open_client: Callable[[], AbstractContextManager[Any]]) -> dict[str, int]:
+        """Probe every enabled key not checked within `interval`, committing after each one.
+
+        `open_client` opens the upstream client (only when a key is due); each key's answer is committed
+        as it comes, so a later failure keeps the earlier ones. Returns how many were probed, and how
+        many of those could not read their subscription (kept in rotation with an unknown tier: its
+        formats are learned from the tier gate).
+        """
+        due_before = self.clock() - interval
+        due = self.session.scalars(
+            sa.select(ApiKey).where(ApiKey.status != ApiKeyStatus.DISABLED,
+                                    sa.or_(ApiKey.last_checked_at.is_(None), ApiKey.last_checked_at < due_before))
+        ).all()
+        probed = unreadable = 0
+        if due:
+            with open_client() as client:
+                for key in due:
+                    self.probe(key, client)
+                    self.session.commit()
+                    probed += 1
+                    unreadable += key.probe_error == "missing_permissions"
+        return {"probed": probed, "unreadable": unreadable}
 
     def maintain(self) -> dict[str, int]:
         """Periodic care: end passed cooldowns, start new days' counts, forget long-dead leases."""

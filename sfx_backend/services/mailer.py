@@ -7,7 +7,7 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Any, Mapping, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,9 @@ class MailError(Exception):
 
 
 class Mailer(Protocol):
-    def send(self, message: EmailMessage) -> str:
-        """Hand the message over; returns "sent" or "logged". Raises MailError."""
+    def send(self, message: EmailMessage, kind: str | None = None) -> str:
+        """Hand the message over; returns "sent" or "logged". Raises MailError. `kind` names the
+        notification, for logs."""
         ...
 
 
@@ -64,7 +65,8 @@ class SmtpMailer:
         self.timeout = timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage, kind: str | None = None) -> str:
+        """Deliver over a fresh SMTP connection."""
         try:
             if self.port == 465:
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
@@ -99,19 +101,14 @@ class SmtpMailer:
 
 
 class LogMailer:
-    """No SMTP configured: write the message to the log and report success."""
+    """No SMTP configured: note in the log that a message was due, and report success.
 
-    def send(self, message: EmailMessage) -> str:
-        text = message.get_body(preferencelist=("plain",))
+    Only its kind and recipient: a body holds personal data (names, prompts) and may hold a
+    verification link, which is a credential.
+    """
+
+    def send(self, message: EmailMessage, kind: str | None = None) -> str:
+        """Log the kind and recipient; the message itself goes nowhere."""
         log.info("email not sent (no SMTP_HOST configured)", extra={
-            "event": "email_logged", "to": message["To"], "subject": message["Subject"],
-            "body": text.get_content() if text is not None else ""})
+            "event": "email_logged", "to": message["To"], "kind": kind})
         return "logged"
-
-
-def build_mailer(config: Mapping[str, Any]) -> Mailer:
-    """SMTP when `SMTP_HOST` is set, else the log."""
-    if not config.get("SMTP_HOST"):
-        return LogMailer()
-    return SmtpMailer(config["SMTP_HOST"], int(config.get("SMTP_PORT") or 587), config.get("SMTP_USER"),
-                      config.get("SMTP_PASS"), timeout=float(config.get("SMTP_TIMEOUT", 10.0)))

@@ -6,6 +6,11 @@ UNIQUE(user_id, kind, period_key) turns a second insert for the same trigger (co
 80% together, a redelivered webhook) into a no-op, so each email goes out once. The row's task is
 sent after the commit; `deliver` claims the row with a conditional UPDATE, so a duplicate task or the
 sweeper's re-send never mails twice.
+
+Until the user has verified their address (services/verification.py), nothing they typed (names,
+prompts) goes into a payload: such a message could otherwise carry a stranger's text to whatever
+address was typed at sign-up. Emails with a verification link store only the link's base URL; the
+token is minted when the message is rendered.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..models import Job, Notification, NotificationKind, NotificationStatus, User
-from ..queue import NOTIFY_TASK
-from .dispatch import TaskSender, after_commit
+from . import quota, verification
+from .dispatch import NOTIFY_TASK, TaskSender, after_commit
 from .mailer import MailError, Mailer, build_message
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ SUBJECTS = {
     NotificationKind.PAYMENT_FAILED: "Your payment failed",
     NotificationKind.SUBSCRIPTION_CANCELED: "Your subscription has been canceled",
     NotificationKind.ACCOUNT_DELETED: "Your sfx account has been deleted",
+    NotificationKind.VERIFY_EMAIL: "Confirm your email address for sfx",
 }
 
 _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
@@ -73,8 +79,7 @@ def render(kind: str, payload: Mapping[str, Any]) -> tuple[str, str, str]:
 
 # -- recording triggers --------------------------------------------------------------------------
 def notify(session: Session, *, user_id: uuid.UUID | None, kind: NotificationKind, period_key: str,
-           recipient: str, payload: dict[str, Any], now: datetime,
-           sender: TaskSender | None = None) -> Notification | None:
+           recipient: str, payload: dict[str, Any], now: datetime, sender: TaskSender) -> Notification | None:
     """Owe one email for this trigger; None if it is already owed or sent (the trigger repeated)."""
     note = Notification(id=uuid.uuid4(), user_id=user_id, kind=kind.value, period_key=period_key,
                         recipient=recipient, payload=payload, status=NotificationStatus.PENDING.value,
@@ -89,18 +94,38 @@ def notify(session: Session, *, user_id: uuid.UUID | None, kind: NotificationKin
 
 
 def _who(user: User) -> dict[str, Any]:
-    return {"first_name": user.first_name}
+    """The user's name for the greeting, only once the address is theirs (verified)."""
+    return {"first_name": user.first_name} if user.email_verified else {}
 
 
-def welcome(session: Session, user: User, trial_limit: int, now: datetime,
-            sender: TaskSender | None = None) -> Notification | None:
+def _link(user: User, verify_url: str | None) -> dict[str, Any]:
+    """What an email needs to carry a verification link (minted at delivery), if the address needs one."""
+    if user.email_verified or not verify_url:
+        return {}
+    return {"verify_url": verify_url, "verify_ttl_hours": int(verification.TOKEN_TTL.total_seconds() // 3600)}
+
+
+def welcome(session: Session, user: User, trial_limit: int, now: datetime, *,
+            sender: TaskSender, verify_url: str | None = None) -> Notification | None:
+    """The registration email; it asks to confirm the address when `verify_url` is given."""
     return notify(session, user_id=user.id, kind=NotificationKind.WELCOME, period_key="once",
-                  recipient=user.email, payload={**_who(user), "limit": trial_limit}, now=now, sender=sender)
+                  recipient=user.email, payload={**_who(user), "limit": trial_limit, **_link(user, verify_url)},
+                  now=now, sender=sender)
+
+
+def verification_email(session: Session, user: User, now: datetime, verify_url: str, *,
+                       sender: TaskSender) -> Notification | None:
+    """A fresh verification link (resend, new address); None when the address is verified already."""
+    if user.email_verified:
+        return None
+    # Each request is its own trigger; the resend route's rate limit is what bounds them.
+    return notify(session, user_id=user.id, kind=NotificationKind.VERIFY_EMAIL, period_key=uuid.uuid4().hex,
+                  recipient=user.email, payload=_link(user, verify_url), now=now, sender=sender)
 
 
 def payment_failed(session: Session, user: User, *, invoice_id: str, plan: str, now: datetime,
-                   amount_cents: int | None = None, currency: str = "usd", action_url: str | None = None,
-                   sender: TaskSender | None = None) -> Notification | None:
+                   sender: TaskSender, amount_cents: int | None = None, currency: str = "usd",
+                   action_url: str | None = None) -> Notification | None:
     """For the billing webhooks: one email per failed invoice."""
     amount = f"{amount_cents / 100:.2f} {currency.upper()}" if amount_cents is not None else None
     return notify(session, user_id=user.id, kind=NotificationKind.PAYMENT_FAILED, period_key=invoice_id,
@@ -109,8 +134,7 @@ def payment_failed(session: Session, user: User, *, invoice_id: str, plan: str, 
 
 
 def subscription_canceled(session: Session, user: User, *, subscription_id: str, plan: str, now: datetime,
-                          ends_at: datetime | None = None,
-                          sender: TaskSender | None = None) -> Notification | None:
+                          sender: TaskSender, ends_at: datetime | None = None) -> Notification | None:
     """For the billing webhooks: one email per canceled subscription."""
     return notify(session, user_id=user.id, kind=NotificationKind.SUBSCRIPTION_CANCELED,
                   period_key=subscription_id, recipient=user.email,
@@ -118,8 +142,7 @@ def subscription_canceled(session: Session, user: User, *, subscription_id: str,
                   now=now, sender=sender)
 
 
-def account_deleted(session: Session, user: User, now: datetime,
-                    sender: TaskSender | None = None) -> Notification | None:
+def account_deleted(session: Session, user: User, now: datetime, *, sender: TaskSender) -> Notification | None:
     """Owed before the user row goes: the row keeps the address until the message is out."""
     return notify(session, user_id=user.id, kind=NotificationKind.ACCOUNT_DELETED, period_key="once",
                   recipient=user.email, payload=_who(user), now=now, sender=sender)
@@ -136,8 +159,8 @@ class UsageAllowance:
     overage_allowed: bool
 
 
-def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance, now: datetime,
-                           sender: TaskSender | None = None) -> Notification | None:
+def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance, now: datetime, *,
+                           sender: TaskSender) -> Notification | None:
     """After a job's unit is settled: owe the 80% or 100% email if this settlement crossed it."""
     if job.user_id is None or allowance.period_key != job.quota_period or allowance.monthly_limit <= 0:
         return None
@@ -157,34 +180,33 @@ def check_usage_thresholds(session: Session, job: Job, allowance: UsageAllowance
         return None
     payload = {**_who(user), "used": min(used, limit) if kind == NotificationKind.USAGE_100 else used,
                "limit": limit, "plan": allowance.plan, "renews_on": allowance.period_end.isoformat(),
-               "overage_allowed": allowance.overage_allowed, "prompt": job.prompt[:200]}
+               "overage_allowed": allowance.overage_allowed}
+    if user.email_verified:  # the prompt is typed text too
+        payload["prompt"] = job.prompt[:200]
     return notify(session, user_id=user.id, kind=kind, period_key=job.quota_period.isoformat(),
                   recipient=user.email, payload=payload, now=now, sender=sender)
 
 
-def on_generation_settled(session: Session, job: Job, now: datetime) -> None:
+def on_generation_settled(session: Session, job: Job, now: datetime, *, trial_limit: int,
+                          sender: TaskSender) -> None:
     """The runner's hook after a successful settlement (before its commit). Never raises.
 
-    Works in a SAVEPOINT, so a failure here rolls back only its own statements, and the email task
-    is sent only if the runner's transaction commits.
+    Bound to the app's trial limit and task sender in sfx_backend/wiring.py. Works in a SAVEPOINT, so a
+    failure here rolls back only its own statements, and the email task is sent only if the runner's
+    transaction commits.
     """
+    if job.user_id is None:
+        return
     try:
-        from flask import current_app, has_app_context
-
-        if not has_app_context() or job.user_id is None:
-            return
-        from . import quota
-
-        cfg = current_app.config
         with session.begin_nested():
             user = session.get(User, job.user_id)
             if user is None:
                 return
-            current = quota.allowance_for(session, user, now, cfg["TRIAL_GENERATION_LIMIT"])
+            current = quota.allowance_for(session, user, now, trial_limit)
             allowance = UsageAllowance(plan=current.plan, period_key=current.period_key,
                                        period_end=current.period_end, monthly_limit=current.monthly_limit,
                                        overage_allowed=current.overage_allowed)
-            check_usage_thresholds(session, job, allowance, now)
+            check_usage_thresholds(session, job, allowance, now, sender=sender)
     except Exception:  # noqa: BLE001 - an email must never fail a generation
         log.exception("could not record a usage email", extra={"event": "usage_email_error",
                                                                "job_id": str(job.id)})
@@ -201,7 +223,8 @@ class NotificationService:
         self.mail_from = mail_from
 
     def deliver(self, notification_id: uuid.UUID) -> str:
-        """Send one owed email: "sent", "logged", "failed" (gave up) or "skipped" (not ours to send).
+        """Send one owed email: "sent", "logged", "failed" (gave up), "skipped" (not ours to send) or
+        "obsolete" (a verification link no longer needed).
 
         Raises RetryLater when a transient failure leaves attempts to spare.
         """
@@ -222,9 +245,20 @@ class NotificationService:
         self.session.refresh(note)
         extra = {"event": "email", "kind": note.kind, "notification_id": str(note.id),
                  "user_id": str(note.user_id) if note.user_id else None}
+        payload = dict(note.payload or {})
+        if payload.get("verify_url"):
+            token = verification.mint_for(self.session, note.user_id, note.recipient, now)
+            if token is None and note.kind == NotificationKind.VERIFY_EMAIL.value:
+                self._release(note, NotificationStatus.OBSOLETE, "the address is verified or changed")
+                log.info("email no longer needed", extra=extra)
+                return NotificationStatus.OBSOLETE.value
+            if token is not None:
+                payload["verify_link"] = f"{payload['verify_url']}?token={token}"
+                self.session.commit()  # the link must work as soon as the message arrives
         try:
-            subject, text, html = render(note.kind, note.payload or {})
-            outcome = self.mailer.send(build_message(self.mail_from, note.recipient or "", subject, text, html))
+            subject, text, html = render(note.kind, payload)
+            message = build_message(self.mail_from, note.recipient or "", subject, text, html)
+            outcome = self.mailer.send(message, kind=note.kind)
         except MailError as exc:
             if exc.transient and note.attempts < MAX_ATTEMPTS:
                 self._release(note, NotificationStatus.PENDING, str(exc))
@@ -248,7 +282,7 @@ class NotificationService:
         note.status = status.value
         note.claimed_until = None
         note.last_error = error[:255]
-        if status == NotificationStatus.FAILED:
+        if status in (NotificationStatus.FAILED, NotificationStatus.OBSOLETE):
             note.recipient = None
             note.payload = None
         self.session.commit()

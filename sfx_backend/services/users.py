@@ -1,6 +1,7 @@
 """Accounts: registration, credential checks, password hashing."""
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -14,10 +15,28 @@ from ..models import User, UserRole, UserStatus
 
 WRONG_CREDENTIALS = "Email or password is wrong."
 
+_DUMMY_PASSWORD = "timing-equaliser-not-a-password"
+_dummy_hashes: dict[tuple, str] = {}
+_dummy_lock = threading.Lock()
+
 
 def make_hasher(time_cost: int = 3, memory_kib: int = 65536) -> PasswordHasher:
     """Argon2id with the library's recommended cost unless configured otherwise."""
     return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+
+
+def dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash made with `hasher`'s parameters, computed once per process and kept.
+
+    Verifying a password against it when the email is unknown costs what a real check costs, so both
+    401s take as long; making it per request would cost a full argon2 hash (and its memory) each time.
+    """
+    params = (hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len, hasher.salt_len,
+              hasher.type)
+    with _dummy_lock:
+        if params not in _dummy_hashes:
+            _dummy_hashes[params] = hasher.hash(_DUMMY_PASSWORD)
+        return _dummy_hashes[params]
 
 
 def normalize_email(email: str) -> str:
@@ -31,8 +50,6 @@ class UserService:
     def __init__(self, session: Session, hasher: PasswordHasher) -> None:
         self.session = session
         self.hasher = hasher
-        # Verifying against a real hash when the email is unknown keeps both 401s equally slow.
-        self._dummy_hash = hasher.hash("timing-equaliser-not-a-password")
 
     def by_email(self, email: str) -> User | None:
         """The user with this email (any case), if any."""
@@ -57,7 +74,7 @@ class UserService:
         """The user if the password matches; the same Unauthorized for unknown email and wrong password."""
         user = self.by_email(email)
         if user is None:
-            self._verify(self._dummy_hash, password)
+            self._verify(dummy_hash(self.hasher), password)
             raise Unauthorized(WRONG_CREDENTIALS)
         if not self._verify(user.password_hash, password):
             raise Unauthorized(WRONG_CREDENTIALS)

@@ -8,7 +8,7 @@ import pytest
 
 from sfx_backend import plans
 from sfx_backend.extensions import db
-from sfx_backend.models import (ApiKey, ApiUsage, Job, JobStatus, MonthlyUsage, OutputFormat, OverageCharge, PlanType,
+from sfx_backend.models import (ApiKey, ApiUsage, Job, JobStatus, OutputFormat, OverageCharge, PlanType,
                                 QuotaState, Subscription, SubscriptionStatus, User, UserRole, utcnow)
 from tests.conftest import ApiUser
 

@@ -4,7 +4,7 @@ import uuid
 import pytest
 
 from sfx_backend.extensions import db
-from sfx_backend.models import ApiKey, ApiKeyStatus, JobAttempt, User, UserRole, utcnow
+from sfx_backend.models import ApiKey, JobAttempt, User, UserRole, utcnow
 from tests.support.fake_elevenlabs import FakeElevenLabs
 
 SECRET = "sk_upstream_secret_value_7Q2Z"

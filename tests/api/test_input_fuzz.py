@@ -31,7 +31,8 @@ from sfx_backend.auth import issue_tokens
 from sfx_backend.extensions import db
 from sfx_backend.models import UserRole, utcnow
 from sfx_backend.services.users import UserService
-from tests.conftest import FAST_HASH, RecordingQueue, make_environ, truncate_all
+from tests.conftest import FAST_HASH, make_environ, truncate_all
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 EXAMPLES_PER_ROUTE = {"body": 20, "other": 6}
@@ -157,7 +158,7 @@ def fuzz_app(_migrated, database_url, tmp_path, encryption_key):
     env = make_environ(database_url, tmp_path / "instance", encryption_key, RATELIMIT_ENABLED="true",
                        ELEVEN_LABS_BASE_URL="http://127.0.0.1:9", STRIPE_API_BASE="http://127.0.0.1:9")
     application = create_app(FAST_HASH, environ=env)
-    application.extensions["sfx"].job_queue = RecordingQueue()
+    application.extensions["sfx"].tasks = RecordingTasks()
     with application.app_context():
         yield application
         db.session.remove()

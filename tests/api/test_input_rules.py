@@ -16,7 +16,8 @@ from sfx_backend.api import request_input
 from sfx_backend.errors import InvalidJson
 from sfx_backend.extensions import db, limiter
 from sfx_backend.models import Job, User, UserRole
-from tests.conftest import FAST_HASH, TEST_REDIS_URL, ApiUser, RecordingQueue, make_environ, truncate_all
+from tests.conftest import FAST_HASH, TEST_REDIS_URL, ApiUser, make_environ, truncate_all
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 DEEP = "[" * 20_000 + "]" * 20_000
@@ -36,7 +37,7 @@ def limited_client(_migrated, database_url, tmp_path, encryption_key, redis_db):
     app = create_app(FAST_HASH, environ=make_environ(
         database_url, tmp_path / "instance", encryption_key, RATELIMIT_ENABLED="true",
         REDIS_URL=TEST_REDIS_URL.format(db=redis_db)))
-    app.extensions["sfx"].job_queue = RecordingQueue()
+    app.extensions["sfx"].tasks = RecordingTasks()
     with app.app_context():
         yield app.test_client()
         limiter._storage_dead = False

@@ -6,9 +6,11 @@ import uuid
 
 import pytest
 import requests
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfx_backend import create_app, metrics
+from sfx_backend.api import metrics as api_metrics
 from sfx_backend.extensions import db
 from sfx_backend.services.key_pool import KeyPool
 from tests.conftest import FAST_HASH, make_environ
@@ -47,7 +49,7 @@ def test_unknown_paths_share_one_unmatched_route_label(client):
     client.get(f"/no/such/{uuid.uuid4()}")
     client.get(f"/no/such/{uuid.uuid4()}")
     after = scrape(client)
-    labels = dict(method="GET", route=metrics.UNMATCHED_ROUTE, status="404")
+    labels = dict(method="GET", route=api_metrics.UNMATCHED_ROUTE, status="404")
     name = "sfx_http_request_duration_seconds_count"
     assert value(after, name, **labels) - value(before, name, **labels) == 2
 
@@ -150,7 +152,7 @@ def test_upstream_calls_are_counted_by_key_name_and_upstream_code():
     metrics.upstream_call(name, "key_quota", "quota_exceeded", 300)
     metrics.upstream_call(name, "transient", 503, None)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(metrics.generate_latest().decode()) for s in f.samples}
+               for f in text_string_to_metric_families(generate_latest().decode()) for s in f.samples}
     assert value(samples, "sfx_upstream_requests_total", key=name, outcome="succeeded", code="ok") == 1
     assert value(samples, "sfx_upstream_requests_total", key=name, outcome="key_quota", code="quota_exceeded") == 1
     assert value(samples, "sfx_upstream_requests_total", key=name, outcome="transient", code="503") == 1
@@ -176,9 +178,9 @@ def test_requests_refused_by_an_earlier_before_request_hook_are_timed_too():
 
     app = Flask("refusing")
     app.before_request(lambda: abort(429))  # registered first, like the rate limiter
-    metrics.instrument_app(app)
+    api_metrics.instrument_app(app)
     app.add_url_rule("/refused", "refused", lambda: "never")
     name, labels = "sfx_http_request_duration_seconds_count", {"method": "GET", "route": "/refused", "status": "429"}
-    before = metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
     assert app.test_client().get("/refused").status_code == 429
-    assert metrics.REGISTRY.get_sample_value(name, labels) == before + 1
+    assert REGISTRY.get_sample_value(name, labels) == before + 1

@@ -16,11 +16,13 @@ from sqlalchemy.orm import Session
 
 from sfx_backend import create_app, plans
 from sfx_backend.errors import QuotaExceeded, TooManyJobs
+from sfx_backend.api import limits
 from sfx_backend.extensions import db, limiter
 from sfx_backend.models import PlanType, Subscription, User, utcnow
 from sfx_backend.services.jobs import GenerationParams, JobService
-from tests.conftest import FAST_HASH, TEST_REDIS_URL, RecordingQueue, make_environ, truncate_all
+from tests.conftest import FAST_HASH, TEST_REDIS_URL, make_environ, truncate_all
 from tests.support.mail import free_port
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 
@@ -40,7 +42,7 @@ def limited(_migrated, database_url, tmp_path, encryption_key, redis_db, ratelim
         app = create_app({**FAST_HASH, **overrides}, environ=make_environ(
             database_url, tmp_path / f"instance{len(made)}", encryption_key, RATELIMIT_ENABLED="true",
             REDIS_URL=storage or url, RATELIMIT_KEY_PREFIX=ratelimit_prefix))
-        app.extensions["sfx"].job_queue = RecordingQueue()
+        app.extensions["sfx"].tasks = RecordingTasks()
         made.append(app)
         return app
 
@@ -78,23 +80,46 @@ def assert_rate_limited(response, limit: int) -> None:
     assert int(response.headers["X-RateLimit-Reset"]) > 0
 
 
-def test_failed_logins_for_one_email_are_limited_with_problem_json_and_rate_limit_headers(limited, redis_db,
-                                                                                          ratelimit_prefix):
+def test_failed_logins_count_per_email_and_address_so_the_owner_elsewhere_still_gets_in(limited, redis_db,
+                                                                                        ratelimit_prefix):
+    app = limited()
+    client = app.test_client()
+    account, attacker, owner = email(), ip(), ip()
+    assert register(client, account, owner).status_code == 201
+    per_pair = int(limits.LOGIN_FAILURES_PER_EMAIL_AND_IP.split()[0])
+    for attempt in range(per_pair):
+        wrong = client.post("/auth/login", json={"email": account, "password": "wrong password"},
+                            environ_base=attacker)
+        assert wrong.status_code == 401, attempt
+    # The owner, from their own address, signs in as usual...
+    assert client.post("/auth/login", json={"email": account, "password": "correct horse battery"},
+                       environ_base=owner).status_code == 200
+    # ...while the guessing address is stopped for this account, even with the right password.
+    blocked = client.post("/auth/login", json={"email": account.upper(), "password": "correct horse battery"},
+                          environ_base=attacker)
+    assert_rate_limited(blocked, per_pair)
+    assert "failed login attempts for this account from this address" in blocked.get_json()["detail"]
+    keys = redis.Redis.from_url(TEST_REDIS_URL.format(db=redis_db)).keys(f"*{ratelimit_prefix}*")
+    assert keys, "the counters live in Redis under this run's prefix"
+
+
+def test_failures_from_many_addresses_slow_an_email_for_a_short_while_instead_of_locking_it(limited):
     app = limited()
     client = app.test_client()
     account = email()
     assert register(client, account, ip()).status_code == 201
-    for attempt in range(5):
-        wrong = client.post("/auth/login", json={"email": account, "password": "wrong password"},
-                            environ_base=ip())
-        assert wrong.status_code == 401, attempt
-    # From yet another address, and with the right password: this account is locked for the window.
-    blocked = client.post("/auth/login", json={"email": account.upper(), "password": "correct horse battery"},
-                          environ_base=ip())
-    assert_rate_limited(blocked, 5)
-    assert "failed login attempts for this account" in blocked.get_json()["detail"]
-    keys = redis.Redis.from_url(TEST_REDIS_URL.format(db=redis_db)).keys(f"*{ratelimit_prefix}*")
-    assert keys, "the counters live in Redis under this run's prefix"
+    ceiling = int(limits.LOGIN_FAILURES_PER_EMAIL.split()[0])
+    assert ceiling > int(limits.LOGIN_FAILURES_PER_EMAIL_AND_IP.split()[0])
+    for attempt in range(ceiling):  # a distributed guesser: every attempt from a new address
+        assert client.post("/auth/login", json={"email": account, "password": "wrong password"},
+                           environ_base=ip()).status_code == 401, attempt
+    slowed = client.post("/auth/login", json={"email": account, "password": "correct horse battery"},
+                         environ_base=ip())
+    assert_rate_limited(slowed, ceiling)
+    assert int(slowed.headers["Retry-After"]) <= 60, "a short wait, not a lockout"
+    assert "slow down" in slowed.get_json()["detail"]
+    # Only failures count: the per-email windows hold no budget an owner's own sign-ins use up.
+    assert all(part.endswith("minute") for part in limits.LOGIN_FAILURES_PER_EMAIL.split(";"))
 
 
 def test_successful_logins_do_not_use_up_the_per_email_budget(limited):
@@ -247,12 +272,13 @@ def test_when_redis_is_unreachable_limits_keep_counting_in_process_memory(limite
         assert register(client, account, ip()).status_code == 201  # sign-up still works
         headers = _user(client)
         assert client.post("/usage/generate", json={"prompt": "still works"}, headers=headers).status_code == 202
+        guesser = ip()
         for _ in range(5):
             assert client.post("/auth/login", json={"email": account, "password": "wrong password"},
-                               environ_base=ip()).status_code == 401
+                               environ_base=guesser).status_code == 401
         # Brute force is still stopped, by this process's own counters.
         assert_rate_limited(client.post("/auth/login", json={"email": account, "password": "wrong password"},
-                                        environ_base=ip()), 5)
+                                        environ_base=guesser), 5)
     assert any("falling back to in-memory" in r.getMessage() for r in caplog.records)
 
 
@@ -292,3 +318,45 @@ def test_without_trusted_proxies_a_forged_forwarded_for_changes_nothing(limited)
     forged = client.post("/auth/register", json={"email": email(), "password": "correct horse battery"},
                          environ_base=addr, headers={"X-Forwarded-For": "198.51.100.99"})
     assert_rate_limited(forged, 5)
+
+
+def test_profile_changes_are_limited_per_user_even_without_a_password(limited):
+    app = limited()
+    client = app.test_client()
+    headers, other = _user(client), _user(client)
+    limit = int(limits.PROFILE_CHANGES_PER_USER.split()[0])
+    for i in range(limit):
+        assert client.put("/user/profile", headers=headers, json={"first_name": f"N{i}"}).status_code == 200
+    assert_rate_limited(client.put("/user/profile", headers=headers, json={"first_name": "again"}), limit)
+    assert client.get("/user/profile", headers=headers).status_code == 200  # reading is not limited
+    assert client.put("/user/profile", headers=other, json={"first_name": "mine"}).status_code == 200
+
+
+def test_password_changes_are_limited_per_user_even_when_the_password_is_right(limited):
+    app = limited()
+    client = app.test_client()
+    password = "correct horse battery"
+    auth = register(client, email(), ip(), password).get_json()
+    headers = {"Authorization": f"Bearer {auth['access_token']}"}
+    limit = int(limits.PASSWORD_CHANGES_PER_USER.split()[0])
+    for i in range(limit):
+        new = f"new password number {i}"
+        response = client.put("/user/profile", headers=headers, json={"password": new, "current_password": password})
+        assert response.status_code == 200, response.get_json()
+        password = new
+    assert_rate_limited(client.put("/user/profile", headers=headers,
+                                   json={"password": "one more new password", "current_password": password}), limit)
+    # Names alone are not password changes: they still go through.
+    assert client.put("/user/profile", headers=headers, json={"first_name": "Ada"}).status_code == 200
+
+
+def test_a_name_only_profile_change_hashes_no_password(app, user, monkeypatch):
+    from argon2 import PasswordHasher
+    calls = []
+    for name in ("hash", "verify"):
+        original = getattr(PasswordHasher, name)
+        monkeypatch.setattr(PasswordHasher, name,
+                            lambda self, *a, _o=original, _n=name, **k: calls.append(_n) or _o(self, *a, **k))
+    for i in range(3):
+        assert user.client.put("/user/profile", headers=user.headers, json={"first_name": f"N{i}"}).status_code == 200
+    assert calls == []

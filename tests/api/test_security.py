@@ -9,30 +9,29 @@ import json
 import logging
 import re
 import uuid
-from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
 
-from sfx_backend import create_app
+from sfx_backend import create_app, wiring
 from sfx_backend.extensions import db
 from sfx_backend.logs import JsonFormatter, TextFormatter
 from sfx_backend.models import Job, JobStatus, QuotaState, User, UserRole
 from sfx_backend.providers.elevenlabs import ElevenLabsClient
+from sfx_backend.services.dispatch import NOTIFY_TASK
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
-from sfx_backend.workers_support import build_key_pool
-from sfx_backend.queue import NOTIFY_TASK
-from sfx_backend.services.mailer import build_mailer
 from sfx_backend.services.notifications import NotificationService
+from sfx_backend.wiring import build_mailer
 from tests.conftest import make_environ
 from tests.support.fake_elevenlabs import FakeElevenLabs
-from tests.support.mail import RecordingSender
+from tests.support.tasks import RecordingTasks
 
 PROBLEM = "application/problem+json"
 METHODS = ("get", "post", "put", "patch", "delete")
 # Routes that take no bearer token by design (documented as public, or with their own scheme).
 PUBLIC_PREFIXES = ("/health", "/openapi.json", "/docs", "/files/", "/webhooks/", "/metrics")
-PUBLIC = {("post", "/auth/register"), ("post", "/auth/login"), ("get", "/subscription/plans")}
+PUBLIC = {("post", "/auth/register"), ("post", "/auth/login"), ("get", "/subscription/plans"),
+          ("get", "/auth/email/verify"), ("post", "/auth/email/verify")}  # the emailed token is the credential
 
 
 def operations(client) -> list[tuple[str, str]]:
@@ -72,19 +71,24 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
                                                                       QuotaState.SETTLED)
     db.session.commit()
 
+    session_id = pyjwt.decode(owner.access_token, options={"verify_signature": False})["sid"]
+    ids = {"job_id": job_id, "session_id": session_id}
     id_routes = []
     for rule in app.url_map.iter_rules():
         if "<uuid:" in rule.rule and not rule.rule.startswith("/admin"):
-            assert rule.arguments == {"job_id"}, f"{rule.rule}: extend this test to the new kind of id"
+            (argument,) = rule.arguments
+            assert argument in ids, f"{rule.rule}: extend this test to the new kind of id"
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-                id_routes.append((method.lower(), rule.rule.replace("<uuid:job_id>", job_id)))
-    assert {path for _, path in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
-                                               f"/jobs/{job_id}/cancel"}
-    for method, path in id_routes:
+                id_routes.append((method.lower(), rule.rule.replace(f"<uuid:{argument}>", ids[argument]),
+                                  ids[argument]))
+    assert {path for _, path, _ in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
+                                                  f"/jobs/{job_id}/cancel", f"/auth/sessions/{session_id}"}
+    # Ending the owner's session ends its token too: that route goes last.
+    for method, path, the_id in sorted(id_routes, key=lambda route: route[2] == session_id):
         theirs = getattr(client, method)(path, headers=stranger.headers)
         assert theirs.status_code == 404 and theirs.get_json()["code"] == "not_found", (method, path)
         # Indistinguishable from an id that does not exist at all.
-        missing = getattr(client, method)(path.replace(job_id, str(uuid.uuid4())), headers=stranger.headers)
+        missing = getattr(client, method)(path.replace(the_id, str(uuid.uuid4())), headers=stranger.headers)
         assert (missing.status_code, missing.get_json()["detail"]) == (404, theirs.get_json()["detail"])
         assert getattr(client, method)(path, headers=owner.headers).status_code != 404, (method, path)
 
@@ -159,7 +163,8 @@ def test_passwords_are_hashed_with_argon2id_at_a_sane_cost(database_url, tmp_pat
     hasher = production_like.extensions["sfx"].hasher
     # OWASP's floor for argon2id is 19 MiB of memory with 2 passes; we run well above it.
     assert hasher.time_cost >= 2 and hasher.memory_cost >= 19 * 1024 and hasher.type.name == "ID"
-    assert hasher.hash("correct horse battery").startswith(f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
+    assert hasher.hash("correct horse battery").startswith(
+        f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost}")
     stored = db.session.get(User, uuid.UUID(user.id)).password_hash
     assert stored.startswith("$argon2id$") and user.password not in stored
 
@@ -180,7 +185,7 @@ def test_no_secret_appears_in_any_response_or_log_line(app, client, make_user, e
     smtp_secret = "smtp-PASSWORD-secret-42"
     app.config.update(STRIPE_SECRET_KEY=stripe_secret, SMTP_PASS=smtp_secret)
     caplog.set_level(logging.DEBUG)
-    sender = app.extensions["sfx_tasks"] = RecordingSender()
+    sender = app.extensions["sfx"].tasks = RecordingTasks()
     responses = []
 
     def keep(response):
@@ -197,10 +202,11 @@ def test_no_secret_appears_in_any_response_or_log_line(app, client, make_user, e
         keep(admin.get("/admin/api-keys"))
         job = keep(owner.generate("door slam", duration_seconds=1.0)).get_json()
         with ElevenLabsClient(base_url=fake.url, connect_timeout=1, read_timeout=5) as provider:
-            runner = GenerationRunner(db.session, provider, app.extensions["sfx"].storage, build_key_pool(),
+            wired = wiring.current()
+            runner = GenerationRunner(db.session, provider, app.extensions["sfx"].storage, wired.key_pool(),
                                       app.extensions["sfx"].clock,
                                       RunnerSettings(retry_base_seconds=0.01, capacity_wait_inline_seconds=0),
-                                      sleep=lambda s: None)
+                                      sleep=lambda s: None, on_settled=wired.settled_hooks())
             for _ in range(3):
                 if runner.run(uuid.UUID(job["id"])).status == "succeeded":
                     break

@@ -17,7 +17,7 @@ import pytest
 from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus
-from tests.conftest import FAST_HASH, make_environ
+from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
 from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def pipeline_env(request, tmp_path, encryption_key, redis_db):
                            CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
                            CELERY_QUEUE=f"sfx-beat-{uuid.uuid4().hex[:8]}")
     else:
-        env = {"APP_ENV": "test", "INSTANCE_PATH": str(instance), **QUICK_SWEEP}
+        env = {"APP_ENV": "test", "INSTANCE_PATH": str(instance), **TEST_SECRETS, **QUICK_SWEEP}
     return request.param, env
 
 

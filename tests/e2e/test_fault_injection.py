@@ -9,7 +9,7 @@ import requests
 
 from sfx_backend.extensions import db
 from sfx_backend.models import KeyLease, utcnow
-from sfx_backend.workers_support import build_key_pool
+from sfx_backend import wiring
 from tests.support.fake_elevenlabs import FakeElevenLabs
 from tests.support.nanio_server import NanioServer
 from tests.support.pipeline import Pipeline, PrivateRedis
@@ -147,7 +147,7 @@ def test_many_jobs_on_several_workers_never_exceed_any_keys_limit(
     with FakeElevenLabs(keys=limits, latency=0.3) as upstream:
         p = Pipeline(database_url, tmp_path, encryption_key, f"redis://127.0.0.1:6379/{redis_db}", upstream.url)
         with p.context():
-            pool = build_key_pool()
+            pool = wiring.current().key_pool()
             for secret, limit in limits.items():
                 pool.add(secret[-4:], secret, max_concurrency=limit)
             db.session.commit()

@@ -60,8 +60,8 @@ def live(_migrated, database_url, tmp_path_factory, encryption_key):
     server = subprocess.Popen(
         # wsgi.py's create_app(), with the cheap password hashing the rest of the suite uses
         [str(BIN / "gunicorn"), f"sfx_backend:create_app({FAST_HASH!r})", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "4", "--graceful-timeout", "1", "--no-control-socket"], cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+         "--workers", "2", "--threads", "4", "--graceful-timeout", "1", "--no-control-socket"],
+        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     app = create_app(FAST_HASH, environ=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -59,6 +59,8 @@ def test_migrate_then_seed_twice_creates_admin_demo_users_and_keys_once(fresh_da
     users = dict(_rows(fresh_database, "SELECT email, role::text FROM users"))
     assert users == {"ops@example.com": "admin", "demo1@example.com": "user", "demo2@example.com": "user",
                      "demo3@example.com": "user"}
+    # Addresses the operator typed count as verified: demo accounts can generate under REQUIRE_EMAIL_VERIFICATION.
+    assert _rows(fresh_database, "SELECT count(*) FROM users WHERE NOT email_verified") == [(0,)]
     keys = _rows(fresh_database, "SELECT last4, encrypted_key FROM api_keys ORDER BY last4")
     assert [k[0] for k in keys] == ["1111", "2222"]
     assert all("sk-seed" not in k[1] for k in keys)

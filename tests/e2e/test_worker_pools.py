@@ -19,10 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus, KeyLease, utcnow
+from tests.conftest import TEST_SECRETS
 from tests.support.fake_elevenlabs import FakeElevenLabs
 from tests.support.nanio_server import nanio  # noqa: F401 - fixture
 from tests.support.pipeline import Pipeline, free_port
-from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, stop, wait_for
+from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, wait_for
 from tests.workers.conftest import assert_ledger_balances
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,7 @@ def test_the_worker_as_typed_runs_a_dozen_concurrent_jobs_on_the_embedded_defaul
 
 @pytest.mark.parametrize("pool", ["gevent", "eventlet"])
 def test_a_pool_whose_library_is_not_installed_stops_the_worker_at_once(pool, tmp_path):
-    env = {"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": "",
+    env = {"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), **TEST_SECRETS, "DATABASE_URL": "", "REDIS_URL": "",
            "CELERY_BROKER_URL": "memory://"}
     done = subprocess.run([str(BIN / "celery"), "-A", "workers", "worker", "--pool", pool, *LOGGING],
                           cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True,

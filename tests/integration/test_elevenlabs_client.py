@@ -187,7 +187,7 @@ def test_concurrent_calls_of_one_client_keep_their_connections_alive(fake, caplo
         for _ in range(2):
             barrier = threading.Barrier(callers)
 
-            def call() -> None:
+            def call(barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
                 shared.generate(SoundRequest("click", 0.5), KEY)
             threads = [threading.Thread(target=call) for _ in range(callers)]

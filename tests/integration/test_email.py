@@ -9,17 +9,20 @@ import pytest
 
 from sfx_backend.extensions import db
 from sfx_backend.models import Notification, NotificationKind, User
-from sfx_backend.queue import NOTIFY_SWEEP_TASK, NOTIFY_TASK
 from sfx_backend.services import notifications
-from sfx_backend.services.mailer import LogMailer, SmtpMailer, build_mailer
+from sfx_backend.services.dispatch import NOTIFY_SWEEP_TASK, NOTIFY_TASK
+from sfx_backend.services.mailer import LogMailer, SmtpMailer
 from sfx_backend.services.notifications import NotificationService, RetryLater
-from tests.support.mail import RecordingSender, SmtpSink
+from sfx_backend.wiring import build_mailer
+from tests.support.mail import SmtpSink
+from tests.support.tasks import RecordingTasks
 
 
 @pytest.fixture
-def sender(app) -> RecordingSender:
-    app.extensions["sfx_tasks"] = RecordingSender()
-    return app.extensions["sfx_tasks"]
+def sender(tasks) -> RecordingTasks:
+    """The app's recorded tasks, from this point on."""
+    tasks.sent.clear()
+    return tasks
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def service(app, mailer=None) -> NotificationService:
                                app.config["MAIL_FROM"])
 
 
-def deliver_sent(app, sender: RecordingSender) -> list[str]:
+def deliver_sent(app, sender: RecordingTasks) -> list[str]:
     """Run every email task the sender recorded, as the worker would."""
     return [service(app).deliver(uuid.UUID(args[0])) for args in sender.named(NOTIFY_TASK)]
 
@@ -57,8 +60,11 @@ def test_registering_sends_a_welcome_email_in_plain_text_and_html(app, client, s
     assert message.get_content_type() == "multipart/alternative"
     body = parts(message)
     assert set(body) == {"text/plain", "text/html"}
-    assert "Hi Ada," in body["text/plain"] and "10 generations a month" in body["text/plain"]
+    # The address is not verified yet: no name the user typed, and a link to confirm it.
+    assert "Hi there," in body["text/plain"] and "Ada" not in body["text/plain"] + body["text/html"]
+    assert "10 generations a month" in body["text/plain"]
     assert "<strong>10 generations a month</strong>" in body["text/html"]
+    assert "http://localhost/auth/email/verify?token=" in body["text/plain"]
     note = db.session.query(Notification).one()
     assert (note.kind, note.status, note.attempts) == ("welcome", "sent", 1)
     assert note.recipient is None and note.payload is None  # not kept once the message is out
@@ -89,13 +95,14 @@ def _usage_note(app, user: User, used: int, limit: int, prompt: str) -> Notifica
     allowance = notifications.UsageAllowance(plan="trial", period_key=period, monthly_limit=limit,
                                              period_end=datetime(2031, 1, 1, tzinfo=timezone.utc),
                                              overage_allowed=False)
-    note = notifications.check_usage_thresholds(db.session, job, allowance, now)
+    note = notifications.check_usage_thresholds(db.session, job, allowance, now, sender=app.extensions["sfx"].tasks)
     db.session.commit()
     return note
 
 
 def test_usage_emails_escape_the_prompt_in_html_and_keep_it_verbatim_in_text(app, user, smtp, sender):
     account = db.session.get(User, uuid.UUID(user.id))
+    account.email_verified = True  # prompts go only to a verified address
     prompt = '<script>alert("boom")</script> & door'
     sender.sent.clear()
     assert _usage_note(app, account, used=8, limit=10, prompt=prompt).kind == "usage_80"
@@ -183,7 +190,11 @@ def test_without_smtp_host_emails_are_logged_not_sent_and_nothing_fails(app, cli
     with caplog.at_level(logging.INFO, logger="sfx_backend.services.mailer"):
         assert deliver_sent(app, sender) == ["logged"]
     [record] = [r for r in caplog.records if getattr(r, "event", None) == "email_logged"]
-    assert record.to == "nosmtp@example.com" and record.subject == "Welcome to sfx"
+    assert record.to == "nosmtp@example.com" and record.kind == "welcome"
+    # The kind and recipient only: a body holds personal data and the verification link.
+    assert not hasattr(record, "body") and not hasattr(record, "subject")
+    assert all("Welcome to sfx! Your account" not in r.getMessage() and "token=" not in str(vars(r))
+               for r in caplog.records)
     assert db.session.query(Notification).one().status == "logged"
 
 
@@ -204,7 +215,7 @@ def test_a_rolled_back_trigger_sends_no_task(app, user, sender):
     account = db.session.get(User, uuid.UUID(user.id))
     sender.sent.clear()
     notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro",
-                                 now=datetime.now(timezone.utc), amount_cents=2900)
+                                 now=datetime.now(timezone.utc), sender=sender, amount_cents=2900)
     db.session.rollback()
     assert sender.sent == []
     assert db.session.query(Notification).filter_by(kind=NotificationKind.PAYMENT_FAILED.value).count() == 0
@@ -215,10 +226,10 @@ def test_billing_emails_render_and_go_out_once_per_invoice_and_subscription(app,
     now = datetime.now(timezone.utc)
     sender.sent.clear()
     for _ in range(2):  # a redelivered webhook
-        notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro", now=now,
+        notifications.payment_failed(db.session, account, invoice_id="in_123", plan="pro", now=now, sender=sender,
                                      amount_cents=2900, action_url="https://billing.example/update")
         notifications.subscription_canceled(db.session, account, subscription_id="sub_9", plan="pro", now=now,
-                                            ends_at=datetime(2030, 5, 17, tzinfo=timezone.utc))
+                                            sender=sender, ends_at=datetime(2030, 5, 17, tzinfo=timezone.utc))
         db.session.commit()
     assert deliver_sent(app, sender) == ["sent", "sent"]
     failed, canceled = smtp.messages

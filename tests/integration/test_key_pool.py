@@ -219,7 +219,7 @@ def test_two_calls_failing_on_one_key_at_once_do_not_deadlock(app):
 
 def _job_id(app):
     """A job row for attempts to hang on."""
-    from sfx_backend.models import Job, User
+    from sfx_backend.models import User
     from sfx_backend.services.jobs import GenerationParams, JobService
 
     user = db.session.query(User).first()

@@ -19,6 +19,7 @@ from sfx_backend.providers.elevenlabs import ElevenLabsClient
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
 from sfx_backend.services.key_pool import KeyPool
 from sfx_backend.storage.spool import AudioSpool
+from sfx_backend.wiring import Wiring
 from tests.support.fake_elevenlabs import FakeElevenLabs
 from tests.support.nanio_server import NanioServer, nanio  # noqa: F401
 from tests.workers.conftest import assert_ledger_balances
@@ -55,7 +56,8 @@ def _runner(app, upstream, storage, spool, sleep=time.sleep, max_attempts=5) -> 
     client = ElevenLabsClient(base_url=upstream.url, connect_timeout=1, read_timeout=5)
     settings = RunnerSettings(max_attempts=max_attempts, storage_retry_base_seconds=0.05,
                               storage_retry_max_seconds=0.2, capacity_wait_inline_seconds=0)
-    return GenerationRunner(db.session, client, storage, pool, rt.clock, settings, sleep=sleep, spool=spool)
+    return GenerationRunner(db.session, client, storage, pool, rt.clock, settings, sleep=sleep, spool=spool,
+                            on_settled=Wiring(app.config, rt, db.session).settled_hooks())
 
 
 def _submit(app, user) -> uuid.UUID:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
 
 import pytest
 import stripe
@@ -19,12 +18,14 @@ import stripe
 from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job
-from sfx_backend.queue import BILLING_APPLY_TASK, METER_TASK
+from sfx_backend.services.dispatch import BILLING_APPLY_TASK, METER_TASK
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
-from tests.conftest import FAST_HASH, RecordingQueue, make_environ, truncate_all
+from sfx_backend.wiring import Wiring
+from tests.conftest import FAST_HASH, make_environ, truncate_all
 from tests.support.fake_stripe import FakeStripe
 from tests.support.processes import wait_for
 from tests.support.pipeline import free_port
+from tests.support.tasks import RecordingTasks
 
 WEBHOOK_SECRET = "whsec_test_" + "s" * 24
 STRIPE_ENV = {
@@ -54,24 +55,6 @@ from aiohttp import web
 from localstripe.server import app
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
-
-
-class RecordingSender:
-    """Stands in for the broker for tasks sent by name (services/dispatch.py)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[Any], float | None]] = []
-
-    def send(self, name: str, args: list[Any], countdown: float | None = None) -> None:
-        self.sent.append((name, args, countdown))
-
-    def args(self, name: str) -> list[Any]:
-        return [args[0] for task, args, _ in self.sent if task == name]
-
-    def take(self, name: str) -> list[Any]:
-        found = self.args(name)
-        self.sent = [s for s in self.sent if s[0] != name]
-        return found
 
 
 @pytest.fixture(scope="session")
@@ -117,18 +100,12 @@ def app(_migrated, database_url, tmp_path, encryption_key, fake_stripe):
     environ = make_environ(database_url, tmp_path / "instance", encryption_key,
                            STRIPE_API_BASE=fake_stripe.url, **STRIPE_ENV)
     application = create_app(FAST_HASH, environ=environ)
-    application.extensions["sfx"].job_queue = RecordingQueue()
-    application.extensions["sfx_tasks"] = RecordingSender()
+    application.extensions["sfx"].tasks = RecordingTasks()
     with application.app_context():
         yield application
         db.session.remove()
         truncate_all()
         db.engine.dispose()
-
-
-@pytest.fixture
-def tasks(app) -> RecordingSender:
-    return app.extensions["sfx_tasks"]
 
 
 def signed(event: dict, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> tuple[str, dict]:
@@ -143,14 +120,14 @@ def post_event(client, event: dict, **kw):
     return client.post("/webhooks/stripe", data=payload, headers=headers)
 
 
-def apply_pending(tasks: RecordingSender) -> list[str]:
+def apply_pending(tasks: RecordingTasks) -> list[str]:
     """Run the apply task (as the worker would) for every event stored since the last call."""
     from workers.billing import apply_event
 
     return [apply_event.run(event_id) for event_id in tasks.take(BILLING_APPLY_TASK)]
 
 
-def deliver(client, tasks: RecordingSender, *events: dict) -> list[str]:
+def deliver(client, tasks: RecordingTasks, *events: dict) -> list[str]:
     """Post each event and apply what got stored."""
     for event in events:
         response = post_event(client, event)
@@ -158,7 +135,7 @@ def deliver(client, tasks: RecordingSender, *events: dict) -> list[str]:
     return apply_pending(tasks)
 
 
-def subscribe(user, client, fake: FakeStripe, tasks: RecordingSender, plan: str = "pro"):
+def subscribe(user, client, fake: FakeStripe, tasks: RecordingTasks, plan: str = "pro"):
     """Checkout, pay and deliver the webhooks Stripe sends: returns the Stripe subscription."""
     response = user.post("/subscription/create", json={"plan": plan, "success_url": "http://localhost/ok",
                                                        "cancel_url": "http://localhost/no"})
@@ -170,13 +147,14 @@ def subscribe(user, client, fake: FakeStripe, tasks: RecordingSender, plan: str 
 
 
 def run_job(app, job_id: str, provider=None) -> str:
-    """Run one job as the worker does (synth audio, local storage)."""
+    """Run one job as the worker does (synth audio, local storage, the app's settlement hooks)."""
     from sfx_backend.providers.synth import SynthProvider
 
     rt = app.extensions["sfx"]
     runner = GenerationRunner(db.session, provider or SynthProvider(), rt.storage, None, rt.clock,
                               RunnerSettings(retry_base_seconds=0.01, capacity_wait_inline_seconds=0),
-                              sleep=lambda s: None)
+                              sleep=lambda s: None,
+                              on_settled=Wiring(app.config, rt, db.session).settled_hooks())
     return runner.run(uuid.UUID(job_id)).status
 
 
@@ -185,6 +163,6 @@ def job(job_id: str) -> Job:
     return db.session.get(Job, uuid.UUID(job_id))
 
 
-__all__ = ["app", "fake_stripe", "localstripe_url", "stripe_server", "tasks", "RecordingSender",
+__all__ = ["app", "fake_stripe", "localstripe_url", "stripe_server", "RecordingTasks",
            "WEBHOOK_SECRET", "METER_TASK", "apply_pending", "deliver", "post_event", "run_job", "signed",
            "subscribe", "job", "time"]

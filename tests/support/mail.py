@@ -1,4 +1,4 @@
-"""A real SMTP server for the tests (aiosmtpd), and a recorder for tasks sent after commit."""
+"""A real SMTP server for the tests (aiosmtpd)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -112,16 +112,3 @@ def _self_signed(tmp: Path) -> tuple[Path, ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert_path), str(key_path))
     return cert_path, context
-
-
-class RecordingSender:
-    """Stands in for the broker for after-commit tasks: remembers (name, args, countdown)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list, float | None]] = []
-
-    def send(self, name: str, args: list, countdown: float | None = None) -> None:
-        self.sent.append((name, list(args), countdown))
-
-    def named(self, name: str) -> list[list]:
-        return [args for task, args, _ in self.sent if task == name]

@@ -25,7 +25,8 @@ def test_statistics_revenue_and_exports_run_on_sqlite(sqlite_app):
     db.session.add(user)
     db.session.flush()
     db.session.add(Subscription(user_id=user.id, plan_type=PlanType.STARTER, monthly_limit=200,
-                                current_period_start=now - timedelta(days=1), current_period_end=now + timedelta(days=29)))
+                                current_period_start=now - timedelta(days=1),
+                                current_period_end=now + timedelta(days=29)))
     for latency, ok in ((1000, True), (3000, True), (9000, False)):
         job = Job(user_id=user.id, prompt="=cmd", status=JobStatus.SUCCEEDED if ok else JobStatus.FAILED,
                   quota_period=now.date(), quota_state=QuotaState.SETTLED if ok else QuotaState.REFUNDED,

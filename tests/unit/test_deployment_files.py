@@ -77,6 +77,15 @@ def test_compose_takes_secrets_from_the_environment_and_refuses_to_run_without_t
         assert f"${{{secret}:?" in text, secret
 
 
+def test_compose_passes_trusted_proxy_hops_with_a_default_of_no_proxy_and_says_why(compose):
+    for name in ("api", "worker", "beat", "flower", "migrate"):
+        assert compose["services"][name]["environment"]["TRUSTED_PROXY_HOPS"] == "${TRUSTED_PROXY_HOPS:-0}", name
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("TRUSTED_PROXY_HOPS:"))
+    comment = " ".join(line.strip() for line in lines[max(0, at - 6):at] if line.strip().startswith("#"))
+    assert "X-Forwarded-For" in comment and "proxy" in comment.lower()
+
+
 def test_deploy_builds_then_migrates_then_rolls_api_before_workers():
     env = {**os.environ, "DRY_RUN": "1", "SEED": "1", "TAG": "t1"}
     out = subprocess.run(["bash", str(ROOT / "scripts/deploy.sh")], env=env, capture_output=True, text=True,

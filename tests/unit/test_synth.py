@@ -68,7 +68,7 @@ def test_different_prompts_give_different_audio():
     a = _samples(SoundRequest("creaky door", 1.5))
     b = _samples(SoundRequest("distant thunder", 1.5))
     assert len(a) == len(b) and a != b
-    assert sum(x != y for x, y in zip(a, b)) > len(a) // 2
+    assert sum(x != y for x, y in zip(a, b, strict=True)) > len(a) // 2
 
 
 def test_prompt_influence_changes_the_sound():

@@ -11,6 +11,7 @@ from sfx_backend.providers.elevenlabs import ElevenLabsClient
 from sfx_backend.providers.synth import SynthProvider
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
 from sfx_backend.services.key_pool import KeyPool
+from sfx_backend.wiring import Wiring
 from tests.support.fake_elevenlabs import FakeElevenLabs
 
 
@@ -28,8 +29,8 @@ def pool(app):
 
 @pytest.fixture
 def make_runner(app, pool):
-    """A runner like the worker's (the app's spool included), with a chosen provider and storage, and no
-    real sleeping."""
+    """A runner like the worker's (the app's spool and settlement hooks included), with a chosen provider
+    and storage, and no real sleeping."""
     rt = app.extensions["sfx"]
 
     def _make(provider=None, storage=None, sleep=None, **settings) -> GenerationRunner:
@@ -38,7 +39,7 @@ def make_runner(app, pool):
         settings.setdefault("capacity_wait_inline_seconds", 0)
         return GenerationRunner(db.session, provider or SynthProvider(), storage or rt.storage, pool,
                                 rt.clock, RunnerSettings(**settings), sleep=sleep or (lambda s: None),
-                                spool=rt.spool)
+                                spool=rt.spool, on_settled=Wiring(app.config, rt, db.session).settled_hooks())
     return _make
 
 

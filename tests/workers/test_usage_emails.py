@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, MonthlyUsage, Notification, User
-from sfx_backend.queue import NOTIFY_TASK
 from sfx_backend.services import notifications
-from tests.support.mail import RecordingSender
+from sfx_backend.services.dispatch import NOTIFY_TASK
+from tests.support.tasks import RecordingTasks
 from tests.workers.conftest import assert_ledger_balances
 
 
@@ -32,7 +32,9 @@ def _kinds(user_id: str) -> list[str]:
 
 def test_the_settlements_reaching_80_and_100_percent_each_owe_one_email_sent_after_commit(app, user, make_runner):
     app.config["TRIAL_GENERATION_LIMIT"] = 5
-    sender = app.extensions["sfx_tasks"] = RecordingSender()
+    db.session.query(User).filter_by(id=uuid.UUID(user.id)).update({"email_verified": True})  # prompts may go
+    db.session.commit()
+    sender = app.extensions["sfx"].tasks = RecordingTasks()
     jobs = _submit(user, 5)
     runner = make_runner()
     for done, job_id in enumerate(jobs, start=1):
@@ -73,7 +75,7 @@ def test_concurrent_jobs_past_80_percent_owe_exactly_one_email(app, user):
                                              period_end=datetime.now(timezone.utc) + timedelta(days=20),
                                              overage_allowed=False)
     n = 8
-    sender = RecordingSender()
+    sender = RecordingTasks()
     engine = sa.create_engine(db.engine.url.render_as_string(hide_password=False), pool_size=n, max_overflow=0)
     barrier = threading.Barrier(n)
     outcomes: list[bool] = []
@@ -112,4 +114,4 @@ def test_settling_into_an_earlier_period_owes_no_email(app, user):
     db.session.flush()
     allowance = notifications.UsageAllowance(plan="trial", period_key=this_period, monthly_limit=10,
                                              period_end=now + timedelta(days=30), overage_allowed=False)
-    assert notifications.check_usage_thresholds(db.session, job, allowance, now) is None
+    assert notifications.check_usage_thresholds(db.session, job, allowance, now, sender=RecordingTasks()) is None

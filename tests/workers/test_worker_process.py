@@ -23,11 +23,13 @@ from sfx_backend.extensions import db
 from sfx_backend.metrics import use_multiprocess_values
 from sfx_backend.services import generation
 from sfx_backend.worker_process import DefaultThreadPool, UnsupportedPool, choose_pool, reset_after_fork
+from tests.conftest import TEST_SECRETS
 
 
 @pytest.fixture(scope="module")
 def celery_app(tmp_path_factory):
     app = create_app(environ={"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path_factory.mktemp("cli")),
+                              **TEST_SECRETS,
                               "CELERY_BROKER_URL": "memory://", "WORKER_CONCURRENCY": "24"})
     return app.extensions["celery"]
 

@@ -24,6 +24,14 @@ class UserSchema(Schema):
     status = fields.Function(lambda u: u.status.value)
     role = fields.Function(lambda u: u.role.value)
     created_at = fields.DateTime()
+    email_verified = fields.Boolean(metadata={
+        "description": "The address was confirmed through the link emailed to it."})
+
+
+def _client_name_field() -> fields.String:
+    return Text(load_default=None, allow_none=True, validate=validate.Length(max=200), metadata={
+        "description": "What this session is listed as in `GET /auth/sessions` (e.g. the plugin and its host); "
+                       "default: the User-Agent.", "example": "SFX Plugin 1.4 (Ableton Live 12)"})
 
 
 class RegisterSchema(Schema):
@@ -31,11 +39,13 @@ class RegisterSchema(Schema):
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=10, max=1024))
     first_name = Text(load_default=None, allow_none=True, validate=validate.Length(max=100))
     last_name = Text(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    client_name = _client_name_field()
 
 
 class LoginSchema(Schema):
     email = Text(required=True, validate=validate.Length(min=1, max=255))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+    client_name = _client_name_field()
 
 
 class TokenPairSchema(Schema):
@@ -54,6 +64,19 @@ class VerifySchema(Schema):
 
 class MessageSchema(Schema):
     message = fields.String()
+
+
+class SessionSchema(Schema):
+    id = fields.UUID(required=True)
+    client_name = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    last_used_at = fields.DateTime(required=True, metadata={
+        "description": "The last sign-in, refresh or request with this session's tokens (to the minute)."})
+    current = fields.Boolean(required=True, metadata={"description": "Whether this is the caller's own session."})
+
+
+class SessionListSchema(Schema):
+    items = fields.List(fields.Nested(SessionSchema), required=True)
 
 
 class StrictBoolean(fields.Boolean):
