@@ -30,6 +30,8 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     Path(settings["INSTANCE_PATH"]).mkdir(parents=True, exist_ok=True)
     app = Flask(__name__, instance_path=settings["INSTANCE_PATH"])
     app.config.update(settings)
+    from .api.request_input import install as bound_json_input
+    bound_json_input(app)  # every request.get_json() parses within bounds (api/request_input.py)
     app.json.sort_keys = False
     hops = app.config.get("TRUSTED_PROXY_HOPS", 0)
     if hops:

@@ -131,13 +131,21 @@ def database_url(raw: str | None, instance: Path) -> str:
     return raw
 
 
+DB_CONNECT_TIMEOUT_SECONDS = 5
+
+
 def _engine_options(env: Mapping[str, str]) -> dict[str, Any]:
     """Connection pool per process. A worker's pool should cover its threads (--concurrency), or they
     queue for connections; DB_POOL_SIZE + DB_MAX_OVERFLOW is the most a process opens."""
     options: dict[str, Any] = {"pool_pre_ping": True}
-    if (env.get("DATABASE_URL") or "").startswith(("postgres://", "postgresql")):
+    url = env.get("DATABASE_URL") or ""
+    if url.startswith(("postgres://", "postgresql")):
         options["pool_size"] = _int(env, "DB_POOL_SIZE", 5)
         options["max_overflow"] = _int(env, "DB_MAX_OVERFLOW", 10)
+        if "connect_timeout=" not in url:
+            # libpq waits for an unreachable server without limit; give up so the request answers 503
+            # (errors.py). `?connect_timeout=N` in DATABASE_URL sets another bound.
+            options["connect_args"] = {"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS}
     return options
 
 

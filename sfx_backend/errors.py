@@ -1,14 +1,18 @@
 """One error hierarchy, rendered as RFC 9457 problem+json.
 
-Services raise `DomainError` subclasses; the three handlers registered by `register_error_handlers`
-(domain, HTTP, unexpected) turn every failure into the same JSON shape with a stable `code`.
+Services raise `DomainError` subclasses; the handlers registered by `register_error_handlers`
+(domain, HTTP, outages of the database and broker, unexpected) turn every failure into the same JSON
+shape with a stable `code`.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, json
+import kombu.exceptions as kombu_exc
+import redis.exceptions as redis_exc
+import sqlalchemy.exc as sa_exc
+from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,13 @@ class DomainError(Exception):
         self.detail = detail or self.title
         self.errors = errors
         self.headers = headers or {}
+
+
+class InvalidJson(DomainError, ValueError):
+    """A body that is not JSON, or outside the parser's bounds; a ValueError, so `get_json(silent=True)`
+    callers (the rate limiters' key functions) simply see no body."""
+
+    status, code, title = 400, "bad_request", "Bad request"
 
 
 class ValidationFailed(DomainError):
@@ -83,8 +94,18 @@ class TooManyJobs(DomainError):
     status, code, title = 429, "too_many_jobs", "Too many jobs in progress"
 
 
+# How long a client should wait before retrying a 503: a database failover or broker restart takes seconds.
+RETRY_AFTER_SECONDS = 5
+
+
 class ServiceUnavailable(DomainError):
+    """A dependency cannot be reached right now; always with `Retry-After`."""
+
     status, code, title = 503, "service_unavailable", "Service unavailable"
+
+    def __init__(self, detail: str | None = None, *, errors: dict | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, errors=errors, headers={"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})})
 
 
 # Werkzeug's HTTP errors mapped onto contract codes.
@@ -169,6 +190,8 @@ def handle_http_exception(exc: HTTPException) -> Response:
             headers["Allow"] = ", ".join(valid_methods)
     elif status == 413:
         detail = "The request body is larger than this API accepts."
+    elif status == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return problem(status, code, title, detail, headers=headers)
 
 
@@ -186,8 +209,52 @@ def handle_unexpected(exc: Exception) -> Response:
                    "Something went wrong on our side. Quote the request id when reporting it.")
 
 
+# Failures that mean "the database is not there right now", not "this request is wrong": connecting
+# failed, the connection dropped (psycopg2 raises OperationalError or InterfaceError for both), the
+# pool had no connection to give within its timeout.
+_DATABASE_OUTAGES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError)
+# The broker or Redis cannot be reached (kombu wraps the transport's errors once its retries are spent).
+_BROKER_OUTAGES = (kombu_exc.OperationalError, redis_exc.ConnectionError, redis_exc.TimeoutError)
+
+
+def discard_database_session() -> None:
+    """Roll the request's session back and drop its connection, so nothing reuses a dead one."""
+    ext = current_app.extensions.get("sqlalchemy")
+    if ext is None:
+        return
+    if not ext.session.registry.has():
+        return  # the request never opened one
+    try:
+        ext.session().invalidate()  # scoped_session does not proxy invalidate(); the session itself does
+    except Exception:  # noqa: BLE001 - the connection is gone already; the session is reset either way
+        log.debug("discarding the session after a database outage failed", exc_info=True)
+
+
+def handle_database_outage(exc: Exception) -> Response:
+    """503 `service_unavailable` with Retry-After for a database that cannot be reached."""
+    if isinstance(exc, sa_exc.DBAPIError) and not isinstance(exc, _DATABASE_OUTAGES) \
+            and not exc.connection_invalidated:
+        return handle_unexpected(exc)  # a wrong statement or a broken constraint is a bug, not an outage
+    discard_database_session()
+    # The driver's class only: its message may quote SQL and parameters (personal data).
+    log.warning("database unavailable", extra={"event": "database_unavailable",
+                                               "error": type(getattr(exc, "orig", None) or exc).__name__})
+    return handle_domain_error(ServiceUnavailable("The database cannot be reached right now; try again shortly."))
+
+
+def handle_broker_outage(exc: Exception) -> Response:
+    """503 `service_unavailable` with Retry-After for a request that needs the broker or Redis now."""
+    log.warning("broker unavailable", extra={"event": "broker_unavailable", "error": type(exc).__name__})
+    return handle_domain_error(ServiceUnavailable("The job queue cannot be reached right now; try again shortly."))
+
+
 def register_error_handlers(app: Flask) -> None:
-    """Install the three handlers; HTTP errors are also routed here by our flask-smorest Api."""
+    """Install the handlers; HTTP errors are also routed here by our flask-smorest Api."""
     app.register_error_handler(DomainError, handle_domain_error)
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(sa_exc.DBAPIError, handle_database_outage)
+    for outage in _DATABASE_OUTAGES:
+        app.register_error_handler(outage, handle_database_outage)
+    for outage in _BROKER_OUTAGES:
+        app.register_error_handler(outage, handle_broker_outage)
     app.register_error_handler(Exception, handle_unexpected)

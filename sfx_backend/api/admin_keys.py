@@ -24,6 +24,7 @@ from ..services.key_stats import key_figures
 from .common import BEARER, Blueprint, problem_responses
 from .jobs import serialize_job
 from .schemas import JobSchema
+from .schemas.text import Text
 
 blp = Blueprint("admin_keys", __name__, url_prefix="/admin", description="Operators: upstream key pool")
 
@@ -58,14 +59,14 @@ class ApiKeyListSchema(Schema):
 
 
 class ApiKeyCreateSchema(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = Text(required=True, validate=validate.Length(min=1, max=100))
     key = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=512))
     max_concurrency = fields.Integer(load_default=None, validate=validate.Range(1, 100))
     daily_limit = fields.Integer(load_default=None, validate=validate.Range(1, 10_000_000))
 
 
 class ApiKeyPatchSchema(Schema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = Text(validate=validate.Length(min=1, max=100))
     enabled = fields.Boolean(metadata={"description": "false disables the key; true puts it back in rotation."})
     max_concurrency = fields.Integer(validate=validate.Range(1, 100))
     daily_limit = fields.Integer(validate=validate.Range(1, 10_000_000))

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import Response, current_app, g, json
 from marshmallow import fields
 
-from ..errors import PROBLEM_JSON
+from ..errors import PROBLEM_JSON, RETRY_AFTER_SECONDS, discard_database_session
 from ..extensions import db
 from ..runtime import runtime
 from ..services.heartbeat import scheduler_state
@@ -82,6 +82,8 @@ def ready():
             log.warning("readiness check failed", extra={"event": "not_ready", "check": name,
                                                          "error": type(exc).__name__})
             checks[name] = "failed"
+            if name == "database":
+                discard_database_session()  # as any request would after an outage: no dead connection kept
     failed = [name for name, state in checks.items() if state != "ok"]
     scheduler = _scheduler(checks["database"] == "ok")
     checks["scheduler"] = scheduler["status"]
@@ -92,4 +94,5 @@ def ready():
             "detail": f"Not answering: {', '.join(failed)}.", "code": "service_unavailable",
             "checks": checks, "scheduler": SchedulerStateSchema().dump(scheduler),
             "request_id": getattr(g, "request_id", None)}
-    return Response(json.dumps(body), status=503, mimetype=PROBLEM_JSON)
+    return Response(json.dumps(body), status=503, mimetype=PROBLEM_JSON,
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 import uuid
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from ..services.jobs import GenerationParams, JobService
 from . import limits
 from .common import BEARER, Blueprint, caller_allowance, problem_responses
 from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
+from .schemas.text import CONTROL_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,10 @@ def _submit(body: dict):
     if key is not None and not (1 <= len(key.strip()) <= 255):
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters.",
                                errors={"Idempotency-Key": ["Must be 1 to 255 characters."]})
+    if key is not None and any(unicodedata.category(char) == "Cc" for char in key):
+        # Stored with the job: a NUL would fail the insert, and no client means a control character.
+        raise ValidationFailed("Idempotency-Key must not contain control characters.",
+                               errors={"Idempotency-Key": [CONTROL_MESSAGE]})
     params = GenerationParams(prompt=body["prompt"], duration_seconds=body["duration_seconds"],
                               prompt_influence=body["prompt_influence"], loop=body["loop"],
                               output_format=body["output_format"])

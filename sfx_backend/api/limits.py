@@ -47,19 +47,29 @@ def _client_ip() -> str:
 
 
 def _json_body() -> object:
-    """The request's JSON, or None when it is missing or cannot be parsed (the schema reports that)."""
-    try:
-        return request.get_json(silent=True)
-    except RecursionError:  # nested too deep for the parser: not a body any limit can key on
-        return None
+    """The request's JSON, or None when it is missing or cannot be parsed (the schema reports that).
+
+    get_json parses within bounds (api/request_input.py): a body nested too deep or with a huge number
+    is an InvalidJson, a ValueError, which silent=True turns into None like any other bad body."""
+    return request.get_json(silent=True)
 
 
 def _body_email() -> str:
     body = _json_body()
     email = body.get("email") if isinstance(body, dict) else None
     if isinstance(email, str) and email.strip():
-        return "email:" + normalize_email(email)[:255]
-    return "email:-"
+        # Escaped, so a lone surrogate (refused with 422 by the schema) still makes a key Redis can store.
+        return "email:" + normalize_email(email)[:255].encode("utf-8", "backslashreplace").decode("utf-8")
+    return NO_EMAIL
+
+
+NO_EMAIL = "email:-"
+
+
+def _no_body_email() -> bool:
+    """A body without an email cannot be for an account: the per-address limits alone apply (one shared
+    bucket for all such bodies would let three malformed sign-ups an hour turn everyone's 422 into 429)."""
+    return _body_email() == NO_EMAIL
 
 
 def _body_email_and_ip() -> str:
@@ -110,9 +120,10 @@ login = _stack(
     limiter.limit(LOGIN_PER_IP, key_func=_client_ip,
                   error_message="Too many login attempts from this address; try again later."),
     limiter.limit(LOGIN_FAILURES_PER_EMAIL_AND_IP, key_func=_body_email_and_ip, deduct_when=_failed,
+                  exempt_when=_no_body_email,
                   error_message="Too many failed login attempts for this account from this address; "
                                 "try again later."),
-    limiter.limit(LOGIN_FAILURES_PER_EMAIL, key_func=_body_email, deduct_when=_failed,
+    limiter.limit(LOGIN_FAILURES_PER_EMAIL, key_func=_body_email, deduct_when=_failed, exempt_when=_no_body_email,
                   error_message="Too many failed login attempts for this account; slow down and try again "
                                 "in a minute."),
 )
@@ -120,7 +131,7 @@ login = _stack(
 register = _stack(
     limiter.limit(REGISTER_PER_IP, key_func=_client_ip,
                   error_message="Too many sign-ups from this address; try again later."),
-    limiter.limit(REGISTER_PER_EMAIL, key_func=_body_email,
+    limiter.limit(REGISTER_PER_EMAIL, key_func=_body_email, exempt_when=_no_body_email,
                   error_message="Too many sign-ups for this email; try again later."),
 )
 

@@ -1,7 +1,6 @@
 """POST /webhooks/stripe: verify, store once, acknowledge; a Celery task applies the event."""
 from __future__ import annotations
 
-import json
 import logging
 
 import stripe
@@ -9,9 +8,10 @@ from flask import current_app, request
 from marshmallow import Schema, fields
 
 from .. import wiring
-from ..errors import DomainError
+from ..errors import DomainError, InvalidJson
 from ..extensions import db
 from ..services.billing_events import HANDLED_EVENTS
+from . import request_input
 from .common import Blueprint, problem_responses
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,10 @@ def _event_body(payload: bytes) -> dict:
     between releases. What we store and apply is exactly what Stripe signed.
     """
     try:
-        data = json.loads(payload, parse_constant=_not_json)
-    except ValueError as exc:
+        data = request_input.loads(payload, max_bytes=MAX_EVENT_BYTES)  # no NaN or Infinity: JSON only
+    except InvalidJson as exc:
         raise BadSignature("The body is not a Stripe event.") from exc
     if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("type"), str):
         raise BadSignature("The body is not a Stripe event.")
     return data
 
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")  # Python's parser accepts NaN and Infinity; a JSON column does not

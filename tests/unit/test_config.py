@@ -7,7 +7,8 @@ from sfx_backend.config import ConfigError, load_config
 def test_postgres_urls_get_the_psycopg2_driver_and_a_sized_pool():
     cfg = load_config({"DATABASE_URL": "postgres://u@db:5432/sfx", "DB_POOL_SIZE": "7", "DB_MAX_OVERFLOW": "3"})
     assert cfg["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u@db:5432/sfx"
-    assert cfg["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": True, "pool_size": 7, "max_overflow": 3}
+    assert cfg["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": True, "pool_size": 7, "max_overflow": 3,
+                                                "connect_args": {"connect_timeout": 5}}
 
 
 def test_the_embedded_default_needs_no_settings(tmp_path):

@@ -1,12 +1,9 @@
 """Request and response schemas (marshmallow); they are also the OpenAPI description."""
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
-
-def not_blank(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("Must not be blank.")
+from .text import Prompt, Text
 
 
 class ProblemSchema(Schema):
@@ -32,7 +29,7 @@ class UserSchema(Schema):
 
 
 def _client_name_field() -> fields.String:
-    return fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200), metadata={
+    return Text(load_default=None, allow_none=True, validate=validate.Length(max=200), metadata={
         "description": "What this session is listed as in `GET /auth/sessions` (e.g. the plugin and its host); "
                        "default: the User-Agent.", "example": "SFX Plugin 1.4 (Ableton Live 12)"})
 
@@ -40,13 +37,13 @@ def _client_name_field() -> fields.String:
 class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=255))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=10, max=1024))
-    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
-    last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    first_name = Text(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    last_name = Text(load_default=None, allow_none=True, validate=validate.Length(max=100))
     client_name = _client_name_field()
 
 
 class LoginSchema(Schema):
-    email = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    email = Text(required=True, validate=validate.Length(min=1, max=255))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
     client_name = _client_name_field()
 
@@ -92,8 +89,9 @@ class StrictBoolean(fields.Boolean):
 
 
 class GenerateSchema(Schema):
-    prompt = fields.String(required=True, validate=[validate.Length(min=1, max=1000), not_blank],
-                           metadata={"example": "heavy wooden door slam, reverb tail"})
+    prompt = Prompt(required=True, validate=validate.Length(min=1, max=1000),
+                    metadata={"example": "heavy wooden door slam, reverb tail",
+                              "description": "One line: no control characters, at least one visible character."})
     duration_seconds = fields.Float(load_default=None, allow_none=True, validate=validate.Range(0.5, 30),
                                     metadata={"description": "0.5 to 30; null lets the model choose."})
     prompt_influence = fields.Float(load_default=0.3, validate=validate.Range(0, 1))
@@ -184,8 +182,8 @@ PLAN_NAMES = ["trial", "starter", "pro", "studio"]
 class ProfileUpdateSchema(Schema):
     """Only these fields; anything else (role, status, id...) is refused with 422."""
 
-    first_name = fields.String(allow_none=True, validate=validate.Length(max=100))
-    last_name = fields.String(allow_none=True, validate=validate.Length(max=100))
+    first_name = Text(allow_none=True, validate=validate.Length(max=100))
+    last_name = Text(allow_none=True, validate=validate.Length(max=100))
     email = fields.Email(validate=validate.Length(max=255))
     password = fields.String(load_only=True, validate=validate.Length(min=10, max=1024),
                              metadata={"description": "The new password (needs `current_password`)."})
@@ -264,7 +262,7 @@ class PlanLimitsSchema(Schema):
 
 
 class AdminUserQuerySchema(PageQuerySchema):
-    q = fields.String(load_default=None, validate=validate.Length(min=1, max=255),
+    q = Text(load_default=None, validate=validate.Length(min=1, max=255),
                       metadata={"description": "Part of the email address (case-insensitive)."})
     status = fields.String(load_default=None, validate=validate.OneOf(USER_STATUSES))
     plan = fields.String(load_default=None, validate=validate.OneOf(PLAN_NAMES))
@@ -296,7 +294,7 @@ class AdminUserPageSchema(Schema):
 
 class UserStatusUpdateSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(USER_STATUSES))
-    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    reason = Text(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
 
 class StatsRowSchema(Schema):
@@ -356,9 +354,9 @@ class RevenueSchema(Schema):
 
 
 class AuditQuerySchema(PageQuerySchema):
-    action = fields.String(load_default=None, validate=validate.Length(max=64))
+    action = Text(load_default=None, validate=validate.Length(max=64))
     actor_id = fields.UUID(load_default=None)
-    target_id = fields.String(load_default=None, validate=validate.Length(max=64))
+    target_id = Text(load_default=None, validate=validate.Length(max=64))
 
 
 class AuditEntrySchema(Schema):
