@@ -75,7 +75,8 @@ def test_an_unreachable_database_answers_503_with_retry_after(no_database, no_tr
 
 def test_ready_agrees_it_is_the_database_and_says_when_to_retry(no_database):
     body = assert_unavailable(no_database.test_client().get("/health/ready"))
-    assert body["checks"] == {"database": "failed", "broker": "ok", "storage": "ok"}
+    assert body["checks"] == {"database": "failed", "broker": "ok", "storage": "ok",
+                              "scheduler": "unknown"}  # beat's heartbeat is in the database: unknown, not a cause
 
 
 def test_a_connection_lost_mid_request_is_a_503_and_the_next_request_works(app, user, monkeypatch, no_tracebacks):
@@ -117,7 +118,8 @@ def test_a_broker_on_a_closed_port_still_takes_a_submission_and_ready_names_it(
             assert job.status == JobStatus.QUEUED
             assert any(getattr(r, "event", None) == "enqueue_failed" for r in no_tracebacks.records)
             body = assert_unavailable(client.get("/health/ready"))
-            assert body["checks"] == {"database": "ok", "broker": "failed", "storage": "ok"}
+            assert body["checks"] == {"database": "ok", "broker": "failed", "storage": "ok",
+                                      "scheduler": "missing"}  # no beat runs here: reported, not a cause
         finally:
             db.session.remove()
             db.engine.dispose()
