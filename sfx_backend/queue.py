@@ -28,8 +28,11 @@ def make_celery(app: Flask) -> Celery:
     celery = Celery(app.import_name, task_cls=FlaskTask)
     broker = cfg["CELERY_BROKER_URL"]
     transport_options: dict = {"visibility_timeout": cfg["CELERY_VISIBILITY_TIMEOUT"]}
+    transport = None  # as the URL says
     if broker.startswith("filesystem://"):
         # Embedded broker: messages are files in the instance folder; poll often so the demo is snappy.
+        # kombu's file transport, with each message written whole before a worker can see it.
+        transport = "sfx_backend.broker_files:Transport"
         folder = Path(cfg["CELERY_BROKER_DIR"])
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
@@ -38,6 +41,7 @@ def make_celery(app: Flask) -> Celery:
                              "polling_interval": 0.05}
     celery.conf.update(
         broker_url=broker,
+        broker_transport=transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # Beat's own bookkeeping goes in the instance folder, not the directory the command runs in
