@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -120,15 +121,30 @@ def _closing_test_client(monkeypatch):
     monkeypatch.setattr(Flask, "test_client_class", ClosingClient)
 
 
-@pytest.fixture
-def app(_migrated, database_url, tmp_path, encryption_key):
-    application = create_app(FAST_HASH, environ=make_environ(database_url, tmp_path / "instance", encryption_key))
+def serve_app(environ: dict[str, str]) -> Iterator[Flask]:
+    """A test app on the migrated database, its tasks recorded, inside its app context; afterwards
+    the tables are emptied and its connections closed. For fixtures: `yield from serve_app(env)`."""
+    application = create_app(FAST_HASH, environ=environ)
     application.extensions["sfx"].tasks = RecordingTasks()
     with application.app_context():
         yield application
         db.session.remove()
         truncate_all()
         db.engine.dispose()
+
+
+@pytest.fixture
+def app(_migrated, database_url, tmp_path, encryption_key):
+    yield from serve_app(make_environ(database_url, tmp_path / "instance", encryption_key))
+
+
+@pytest.fixture
+def scratch_database():
+    """An empty PostgreSQL database of the test's own (for migrating from nothing), dropped afterwards."""
+    name = f"sfx_scratch_{uuid.uuid4().hex[:8]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    yield PG_URL_TEMPLATE.format(name=name)
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def truncate_all() -> None:

@@ -31,8 +31,7 @@ from sfx_backend.auth import issue_tokens
 from sfx_backend.extensions import db
 from sfx_backend.models import UserRole, utcnow
 from sfx_backend.services.users import UserService
-from tests.conftest import FAST_HASH, make_environ, truncate_all
-from tests.support.tasks import RecordingTasks
+from tests.conftest import make_environ, serve_app
 
 PROBLEM = "application/problem+json"
 EXAMPLES_PER_ROUTE = {"body": 20, "other": 6}
@@ -157,13 +156,7 @@ def fuzz_app(_migrated, database_url, tmp_path, encryption_key):
     """The app with its abuse limits on (in memory) and no upstream or Stripe reachable."""
     env = make_environ(database_url, tmp_path / "instance", encryption_key, RATELIMIT_ENABLED="true",
                        ELEVEN_LABS_BASE_URL="http://127.0.0.1:9", STRIPE_API_BASE="http://127.0.0.1:9")
-    application = create_app(FAST_HASH, environ=env)
-    application.extensions["sfx"].tasks = RecordingTasks()
-    with application.app_context():
-        yield application
-        db.session.remove()
-        truncate_all()
-        db.engine.dispose()
+    yield from serve_app(env)
 
 
 def _bearer(app, operation: dict) -> str:

@@ -1,14 +1,12 @@
 """Accounts that exist when email verification arrives were let in before the rule: they count as verified."""
 import uuid
 
-import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
-from tests.conftest import FAST_HASH, PG_URL_TEMPLATE, make_environ
-from tests.support.postgres import pg_admin
+from tests.conftest import FAST_HASH, make_environ
 
 BEFORE = "0006"
 ADDED = "0008"
@@ -44,14 +42,6 @@ def _check(app) -> None:
 def test_existing_accounts_count_as_verified_on_sqlite(tmp_path, encryption_key):
     env = make_environ(f"sqlite:///{tmp_path / 'verified.sqlite3'}", tmp_path / "instance", encryption_key)
     _check(create_app(FAST_HASH, environ=env))
-
-
-@pytest.fixture
-def scratch_database():
-    name = f"sfx_verified_{uuid.uuid4().hex[:8]}"
-    pg_admin(f'CREATE DATABASE "{name}"')
-    yield PG_URL_TEMPLATE.format(name=name)
-    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_existing_accounts_count_as_verified_on_postgresql(scratch_database, tmp_path, encryption_key):

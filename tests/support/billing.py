@@ -15,13 +15,12 @@ import uuid
 import pytest
 import stripe
 
-from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job
 from sfx_backend.services.dispatch import BILLING_APPLY_TASK, METER_TASK
 from sfx_backend.services.generation import GenerationRunner, RunnerSettings
 from sfx_backend.wiring import Wiring
-from tests.conftest import FAST_HASH, make_environ, truncate_all
+from tests.conftest import make_environ, serve_app
 from tests.support.fake_stripe import FakeStripe
 from tests.support.processes import wait_for
 from tests.support.pipeline import free_port
@@ -99,13 +98,7 @@ def app(_migrated, database_url, tmp_path, encryption_key, fake_stripe):
     """The shared test app, with Stripe configured against the fake (and localstripe behind it)."""
     environ = make_environ(database_url, tmp_path / "instance", encryption_key,
                            STRIPE_API_BASE=fake_stripe.url, **STRIPE_ENV)
-    application = create_app(FAST_HASH, environ=environ)
-    application.extensions["sfx"].tasks = RecordingTasks()
-    with application.app_context():
-        yield application
-        db.session.remove()
-        truncate_all()
-        db.engine.dispose()
+    yield from serve_app(environ)
 
 
 def signed(event: dict, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> tuple[str, dict]:
