@@ -108,9 +108,15 @@ class MeterReporter:
         if charge is None or charge.status != MeterEventStatus.PENDING.value:
             self.session.commit()
             return charge.status if charge else "missing"
+        extra = {"event": "meter_event", "charge_id": str(charge.id), "job_id": str(charge.job_id)}
+        if charge.attempts >= MAX_METER_ATTEMPTS:
+            # Tries that ended in an error of no known kind (the task raised, the sweeper sent it again):
+            # each was counted before it was made, so this bound ends the resends.
+            log.error("meter event given up", extra={**extra, "attempts": charge.attempts})
+            return self._finish(charge, MeterEventStatus.FAILED,
+                                charge.last_error or f"gave up after {charge.attempts} tries")
         charge.attempts += 1
         self.session.commit()
-        extra = {"event": "meter_event", "charge_id": str(charge.id), "job_id": str(charge.job_id)}
         if not charge.stripe_customer_id:
             return self._finish(charge, MeterEventStatus.FAILED, "no Stripe customer to bill")
         params = {"event_name": self.settings.meter_event_name, "identifier": charge.identifier,
@@ -133,6 +139,12 @@ class MeterReporter:
                 return self._finish(charge, MeterEventStatus.FAILED, charge.last_error)
             log.warning("meter event not sent, will retry", extra={**extra, "attempt": charge.attempts})
             raise RetryLater(str(exc), countdown=min(10 * 2 ** (charge.attempts - 1), 3600)) from exc
+        except Exception as exc:
+            # Not Stripe's answer: kept for the operator; the sweeper sends the task again, up to the bound.
+            self.session.rollback()
+            charge.last_error = f"{type(exc).__name__}: {exc}"[:255]
+            self.session.commit()
+            raise
         return self._finish(charge, MeterEventStatus.SENT, None)
 
     def _finish(self, charge: OverageCharge, status: MeterEventStatus, error: str | None) -> str:

@@ -138,3 +138,39 @@ def test_the_billing_sweeper_resends_meter_events_whose_task_was_lost(app, clien
     db.session.commit()
     assert resend_owed.run() == 1
     assert tasks.args(METER_TASK) == [charge_id]
+
+
+def test_a_meter_event_failing_with_an_unexpected_error_is_given_up_after_its_tries(
+        app, client, user, fake_stripe, tasks, small_plans, monkeypatch):
+    from datetime import timedelta
+
+    from sfx_backend import wiring
+    from sfx_backend.services.billing_usage import MAX_METER_ATTEMPTS
+    from workers.billing import resend_owed, send_meter_event
+
+    subscribe(user, client, fake_stripe, tasks, plan="pro")
+    _submit_and_run(app, user, 3)
+    [charge_id] = tasks.take(METER_TASK)
+    calls = []
+
+    class Broken:  # a client whose call fails in a way that is not a Stripe error
+        def __getattr__(self, name):
+            return self
+
+        def create(self, **kwargs):
+            calls.append(kwargs)
+            raise RuntimeError("unexpected answer")
+
+    monkeypatch.setattr(wiring, "stripe_client", lambda *args, **kwargs: Broken())
+    for _ in range(MAX_METER_ATTEMPTS):  # the task raises; the sweeper sends it again each time
+        with pytest.raises(RuntimeError):
+            send_meter_event.run(charge_id)
+    assert send_meter_event.run(charge_id) == "failed"  # the bound: no further call
+    assert len(calls) == MAX_METER_ATTEMPTS
+    db.session.expire_all()
+    charge = db.session.get(OverageCharge, uuid.UUID(charge_id))
+    assert (charge.status, charge.attempts) == ("failed", MAX_METER_ATTEMPTS)
+    assert charge.last_error == "RuntimeError: unexpected answer"
+    charge.created_at -= timedelta(hours=1)
+    db.session.commit()
+    assert resend_owed.run() == 0  # nothing left for the sweeper to resend
