@@ -290,3 +290,22 @@ def test_an_approved_code_dies_with_the_account(client, user):
     response = client.delete("/user/account", json={"password": user.password}, headers=user.headers)
     assert response.status_code == 200, response.get_json()
     assert_problem(poll(client, data["device_code"]), "expired_token")
+
+
+def test_cli_device_login_prints_the_code_and_the_url(live_url, user, monkeypatch, capsys):
+    import time
+    from types import SimpleNamespace
+
+    from sfx_backend import client as client_mod
+
+    def sleep(seconds: float) -> None:  # the person approves what the CLI printed
+        code = re.search(r"enter the code ([A-Z]{4}-[A-Z]{4})", capsys.readouterr().out)
+        if code:
+            approver = SfxClient(live_url)
+            approver.login(user.email, user.password)
+            approver.request("POST", "/auth/device/approve", json={"user_code": code.group(1)})
+
+    monkeypatch.setattr(client_mod, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
+    assert client_mod.main(["--base-url", live_url, "--device", "login"]) == 0
+    out = capsys.readouterr().out
+    assert f"signed in as {user.email}" in out and "access_token: " in out
