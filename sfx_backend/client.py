@@ -11,6 +11,11 @@ How a plugin should behave
   `POST /auth/refresh` with the *refresh* token as the bearer, store BOTH new tokens (the refresh
   token rotates: reusing an old one ends the session) and repeat the call once. If the refresh
   fails too, ask the user to log in again.
+* **Or sign in with a device code** (RFC 8628), so the plugin never asks for a password:
+  `POST /auth/device/code`, show `user_code` and `verification_uri` (a browser page where the
+  person signs in and approves), then poll `POST /auth/device/token` every `interval` seconds. A 400
+  `authorization_pending` means keep polling; `slow_down` means add 5 s to the interval; `access_denied`
+  or `expired_token` ends the attempt. See `device_login()`.
 * **Always send an Idempotency-Key when generating.** Generate one random key (uuid4) per user
   action, *before* the first attempt, and reuse that same key for every retry of that action.
   A generation reserves one unit of the user's quota; if the network drops after the server took
@@ -48,12 +53,14 @@ Command line::
     python -m sfx_backend.client --base-url http://localhost:3000 --email E --password P \\
         generate "glass shattering on concrete" --duration 2 --format wav --out ./out
     python -m sfx_backend.client --base-url http://localhost:3000 --email E --password P login
+    python -m sfx_backend.client --base-url http://localhost:3000 --device login   # no password here
 """
 from __future__ import annotations
 
 import argparse
 import email.utils
 import os
+import platform
 import random
 import sys
 import time
@@ -65,7 +72,7 @@ from typing import Any
 
 import requests
 
-__all__ = ["TERMINAL_STATUSES", "ApiError", "JobTimeout", "SfxClient", "SfxError", "main"]
+__all__ = ["TERMINAL_STATUSES", "ApiError", "DeviceLoginFailed", "JobTimeout", "SfxClient", "SfxError", "main"]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 # Statuses worth retrying: the server (or something in front of it) may answer differently soon.
@@ -118,6 +125,15 @@ class ApiError(SfxError):
         return cls(response.status_code, f"http_{response.status_code}",
                    text[:200] or response.reason or "HTTP error", retry_after=retry_after,
                    request_id=response.headers.get("X-Request-ID"), body=body)
+
+
+class DeviceLoginFailed(SfxError):
+    """Device sign-in ended without tokens: `code` is `access_denied` or `expired_token`."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"device sign-in failed: {code}: {detail}")
+        self.code = code
+        self.detail = detail
 
 
 class JobTimeout(SfxError, TimeoutError):
@@ -269,6 +285,38 @@ class SfxClient:
         self._set_tokens(data["access_token"], data["refresh_token"])
         return data
 
+    def device_login(self, client_name: str | None = None,
+                     on_code: Callable[[dict], None] | None = None) -> dict:
+        """Sign in without a password (RFC 8628): get a code, hand it to `on_code` (show the person
+        `user_code` and `verification_uri`), then poll every `interval` seconds until they approve.
+
+        `slow_down` adds 5 s to the interval for the rest of the sign-in, as RFC 8628 section 3.5 asks;
+        `access_denied` and `expired_token` (also past `expires_in`) raise DeviceLoginFailed. Keeps the
+        tokens and returns the body ({user, access_token, refresh_token}).
+        """
+        body = {"client_name": client_name} if client_name else {}
+        code = self.request("POST", "/auth/device/code", json=body, auth=False).json()
+        if on_code is not None:
+            on_code(code)
+        interval = float(code["interval"])
+        deadline = self.clock() + float(code["expires_in"])
+        while True:
+            self.sleep(interval)
+            if self.clock() >= deadline:
+                raise DeviceLoginFailed("expired_token", "The code expired before it was approved.")
+            # Retried like any call (a 429 waits its Retry-After); 400s are the flow's states.
+            response = self.request("POST", "/auth/device/token", json={"device_code": code["device_code"]},
+                                    auth=False, expected={400})
+            if response.status_code < 400:
+                data = response.json()
+                self._set_tokens(data["access_token"], data["refresh_token"])
+                return data
+            error = ApiError.from_response(response)
+            if error.code == "slow_down":
+                interval += 5
+            elif error.code != "authorization_pending":
+                raise DeviceLoginFailed(error.code, error.detail)
+
     def refresh(self) -> dict:
         """Rotate the token pair with the refresh token. Not retried: the old refresh token dies."""
         if not self.refresh_token:
@@ -415,6 +463,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default=_env("SFX_PASSWORD"), help="account password (env SFX_PASSWORD)")
     parser.add_argument("--access-token", default=_env("SFX_ACCESS_TOKEN"),
                         help="use this access token instead of logging in (env SFX_ACCESS_TOKEN)")
+    parser.add_argument("--device", action="store_true",
+                        help="sign in with a device code approved in a browser (no password here)")
     parser.add_argument("--register", action="store_true",
                         help="create the account first if it does not exist yet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -440,6 +490,15 @@ def _build_parser() -> argparse.ArgumentParser:
 def _authenticate(client: SfxClient, args: argparse.Namespace) -> None:
     if args.access_token:
         client.access_token = args.access_token
+        return
+    if args.device:
+        def show(code: dict) -> None:
+            print(f"To sign in, open {code['verification_uri']} and enter the code {code['user_code']}")
+            print(f"  (or open {code['verification_uri_complete']}); waiting for approval...", flush=True)
+
+        user = client.device_login(client_name=f"{USER_AGENT} on {platform.node() or 'this computer'}",
+                                   on_code=show)["user"]
+        print(f"signed in as {user['email']} (status {user['status']}, role {user['role']})")
         return
     if not (args.email and args.password):
         raise SystemExit("error: give --email and --password (or --access-token)")

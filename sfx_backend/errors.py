@@ -94,6 +94,30 @@ class TooManyJobs(DomainError):
     status, code, title = 429, "too_many_jobs", "Too many jobs in progress"
 
 
+class DeviceAuthorizationPending(DomainError):
+    """RFC 8628 section 3.5: the person has not approved or denied the code yet; poll again."""
+
+    status, code, title = 400, "authorization_pending", "Authorization pending"
+
+
+class DeviceSlowDown(DomainError):
+    """RFC 8628 section 3.5: polled faster than `interval`; the interval grew by 5 seconds."""
+
+    status, code, title = 400, "slow_down", "Slow down"
+
+
+class DeviceCodeExpired(DomainError):
+    """RFC 8628 section 3.5: the code expired, was used already or is unknown; start a new sign-in."""
+
+    status, code, title = 400, "expired_token", "Device code expired"
+
+
+class DeviceAccessDenied(DomainError):
+    """RFC 8628 section 3.5: the person denied the sign-in."""
+
+    status, code, title = 400, "access_denied", "Access denied"
+
+
 # How long a client should wait before retrying a 503: a database failover or broker restart takes seconds.
 RETRY_AFTER_SECONDS = 5
 

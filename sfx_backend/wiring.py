@@ -27,6 +27,7 @@ from .services.accounts import AccountService
 from .services.billing import BillingService, BillingSettings, stripe_client
 from .services.billing_events import BillingEvents
 from .services.billing_usage import MeterReporter
+from .services.devices import DeviceService
 from .services.dispatch import TaskSender
 from .services.generation import GenerationRunner, RunnerSettings, SettledHook
 from .services.jobs import JobService
@@ -124,6 +125,10 @@ class Wiring:
         """Per-device sign-in sessions: refresh rotation with its reuse grace, listing, ending."""
         return SessionService(self.session, self.runtime.clock, lifetime=self.config["JWT_REFRESH_TOKEN_EXPIRES"],
                               reuse_grace=timedelta(seconds=self.config["REFRESH_REUSE_GRACE_SECONDS"]))
+
+    def device_service(self) -> DeviceService:
+        """Device sign-in (RFC 8628): codes, polling, approval."""
+        return DeviceService(self.session, self.runtime.clock)
 
     def account_service(self) -> AccountService:
         """A user's own account, and administrators' changes to accounts."""

@@ -12,8 +12,9 @@ def register_blueprints(app: Flask, api: Api) -> None:
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for module in (auth, users, jobs, usage, health, admin, admin_keys):
         api.register_blueprint(module.blp)
-    from . import email_verification
+    from . import device, email_verification
     api.register_blueprint(email_verification.blp)
+    api.register_blueprint(device.blp)  # device sign-in (RFC 8628) and its approval page
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
     from .openapi import document_file_downloads
     document_file_downloads(app, api)

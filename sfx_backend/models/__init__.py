@@ -3,6 +3,7 @@ from .audit import AuditEntry
 from .billing import (BillingCustomer, MeterEventStatus, OverageCharge, PlanType, StripeEvent,
                       StripeEventStatus, Subscription, SubscriptionStatus)
 from .deletion import StorageDeletion
+from .device import DeviceAuthorization
 from .heartbeat import ServiceHeartbeat
 from .job import FINISHED, Job, JobAttempt, JobStatus, OutputFormat, QuotaState
 from .key_pool import ApiKey, ApiKeyStatus, KeyLease
@@ -18,5 +19,5 @@ __all__ = [
     "ApiKey", "ApiKeyStatus", "ApiUsage", "AuthSession", "FINISHED", "Job", "JobAttempt", "JobStatus", "KeyLease",
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
     "User", "UserRole", "UserStatus", "utcnow",
-    "EmailVerificationToken",
+    "EmailVerificationToken", "DeviceAuthorization",
 ]

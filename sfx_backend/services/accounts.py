@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from ..errors import Conflict, EmailTaken, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from ..models import (FINISHED, ApiUsage, AuthSession, Job, JobStatus, Notification, QuotaState,
                       StorageDeletion, Subscription, SubscriptionStatus, User, UserStatus)
-from . import audit, notifications, quota, verification
+from . import audit, devices, notifications, quota, verification
 from .billing import BillingService
 from .dispatch import PURGE_AUDIO_TASK, TaskSender, after_commit
 from .users import UserService, normalize_email
@@ -142,6 +142,7 @@ class AccountService:
                              .execution_options(synchronize_session=False))
         audit.forget_email(self.session, user_id)
         verification.forget(self.session, user_id)
+        devices.forget(self.session, user_id)
         self.session.execute(sa.update(AuthSession).where(AuthSession.user_id == user_id)
                              .values(revoked_at=now).execution_options(synchronize_session=False))
         notifications.account_deleted(self.session, user, now, sender=self.sender)

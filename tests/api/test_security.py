@@ -31,7 +31,10 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # Routes that take no bearer token by design (documented as public, or with their own scheme).
 PUBLIC_PREFIXES = ("/health", "/openapi.json", "/docs", "/files/", "/webhooks/", "/metrics")
 PUBLIC = {("post", "/auth/register"), ("post", "/auth/login"), ("get", "/subscription/plans"),
-          ("get", "/auth/email/verify"), ("post", "/auth/email/verify")}  # the emailed token is the credential
+          ("get", "/auth/email/verify"), ("post", "/auth/email/verify"),  # the emailed token is the credential
+          # Device sign-in: the device has no token yet (the device code is its credential), and the
+          # approval page signs the person in from its own script.
+          ("post", "/auth/device/code"), ("post", "/auth/device/token"), ("get", "/device")}
 
 
 def operations(client) -> list[tuple[str, str]]:
