@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer; start them if they are
-# installed here but stopped. The S3 server (nanio) is started by the tests themselves.
+# installed here but stopped. The S3 server (nanio) is started by the tests themselves. The pages the
+# app serves are tested in Debian's chromium (with chromium-driver): installed here when missing.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || python3 - <<'PY'
@@ -29,4 +30,13 @@ if ! redis_up; then
   fi
   wait_until Redis redis_up
 fi
-echo "services: PostgreSQL and Redis are up"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "chromium or chromedriver is missing; installing Debian's chromium and chromium-driver"
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "install them with: sudo apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
+echo "services: PostgreSQL and Redis are up; chromium $(chromium --version 2>/dev/null | awk '{print $2}')"

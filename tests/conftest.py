@@ -6,6 +6,7 @@ commits for real (as it does in production) and concurrency tests can use many c
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -136,6 +137,19 @@ def serve_app(environ: dict[str, str]) -> Iterator[Flask]:
 @pytest.fixture
 def app(_migrated, database_url, tmp_path, encryption_key):
     yield from serve_app(make_environ(database_url, tmp_path / "instance", encryption_key))
+
+
+@pytest.fixture
+def live_url(app):
+    """The test app served over HTTP on a free loopback port (for clients that speak HTTP themselves)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
 
 
 @pytest.fixture

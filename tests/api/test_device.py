@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import threading
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
 from sfx_backend import create_app
 from sfx_backend.client import DeviceLoginFailed, SfxClient
@@ -238,16 +236,6 @@ def test_code_creation_and_polling_are_rate_limited_per_address(limited_app):
 
 
 # -- the reference client against the running app -----------------------------------------------
-@pytest.fixture
-def live_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
 def test_client_device_login_against_the_app(live_url, user):
     shown, sleeps = [], []
     device = SfxClient(live_url)
