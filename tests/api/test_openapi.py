@@ -1,6 +1,7 @@
 """/openapi.json describes every route: schemas, problem+json errors, the bearer scheme, Idempotency-Key."""
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -155,3 +156,25 @@ def test_retry_after_and_rate_limit_headers_are_documented_where_they_are_sent(s
 
 def test_the_usage_export_is_documented_as_csv(spec):
     assert set(spec["paths"]["/usage/export"]["get"]["responses"]["200"]["content"]) == {"text/csv"}
+
+
+def test_the_response_check_the_suite_runs_catches_what_the_document_does_not_say(app, spec):
+    from tests.support.openapi_check import Document
+
+    document = Document(spec)
+    job = {"id": str(uuid.uuid4()), "status": "queued", "prompt": "x", "duration_seconds": None,
+           "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128", "provider": None,
+           "created_at": "2026-01-05T10:00:00Z", "started_at": None, "finished_at": None, "attempts": 0,
+           "queue_reason": None, "error": None, "audio": None}
+    path = f"/jobs/{job['id']}"
+
+    def sent(body, status=200, mimetype="application/json"):
+        return app.response_class(body if isinstance(body, str) else json.dumps(body), status=status,
+                                  mimetype=mimetype)
+
+    assert document.mismatches("GET", path, sent(job)) == []
+    missing = document.mismatches("GET", path, sent({k: v for k, v in job.items() if k != "audio"}))
+    assert len(missing) == 1 and '"audio" is a required property' in missing[0]
+    assert "not valid" in " ".join(document.mismatches("GET", path, sent({**job, "audio": {"url": 1}})))
+    assert "content type text/plain" in document.mismatches("GET", path, sent("ok", mimetype="text/plain"))[0]
+    assert document.mismatches("GET", "/not-a-route", sent("nope", status=404, mimetype="text/plain")) == []

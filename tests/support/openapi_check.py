@@ -57,12 +57,11 @@ class Document:
             return []  # not an API route (the docs, a 404 for an unknown path, HEAD, OPTIONS)
         where = f"{method.upper()} {op.path} -> {response.status_code}"
         status = str(response.status_code)
-        documented = op.responses.get(status) or op.responses.get("default")
-        if documented is None:
-            return [f"{where}: status not documented"]
-        documented = self._resolve(documented)
-        if status == "default" or status not in op.responses:
+        if status not in op.responses:
             status = "default"
+        if status not in op.responses:
+            return [f"{where}: status not documented"]
+        documented = self._resolve(op.responses[status])
         content = documented.get("content", {})
         body = response.get_data()
         if not content:
