@@ -332,11 +332,13 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # OpenAPI (flask-smorest)
         "API_TITLE": "sfx-backend",
         "API_VERSION": "v1",
-        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_VERSION": "3.1.0",
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        "OPENAPI_SWAGGER_UI_URL": "/docs/",  # served by the app (api/openapi.py): no CDN
+        # Swagger UI would otherwise send the document to its public validator.
+        "OPENAPI_SWAGGER_UI_CONFIG": {"validatorUrl": None},
     }
     if app_env != "development" and DEV_KEY_ENCRYPTION_KEY in cfg["KEY_ENCRYPTION_KEY"]:
         raise ConfigError("KEY_ENCRYPTION_KEY holds the published development key; generate one of your own")

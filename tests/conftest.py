@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 
 from sfx_backend import create_app
 from sfx_backend.extensions import db
+from tests.support.openapi_check import assert_conforms
 from tests.support.postgres import pg_admin
 from tests.support.tasks import JobQueueView, RecordingTasks
 
@@ -114,7 +115,9 @@ class ClosingClient(FlaskClient):
     response is sent (`response.call_on_close`: publishing a submitted job) has run when a call returns."""
 
     def open(self, *args, buffered: bool = True, **kwargs):
-        return super().open(*args, buffered=buffered, **kwargs)
+        response = super().open(*args, buffered=buffered, **kwargs)
+        assert_conforms(self.application, response)  # every response the suite sees is as documented
+        return response
 
 
 @pytest.fixture(autouse=True)

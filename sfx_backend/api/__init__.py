@@ -16,8 +16,9 @@ def register_blueprints(app: Flask, api: Api) -> None:
     api.register_blueprint(email_verification.blp)
     api.register_blueprint(device.blp)  # device sign-in (RFC 8628) and its approval page
     app.register_blueprint(files.bp)  # signed local-file downloads: not part of the JSON API
-    from .openapi import document_file_downloads
+    from .openapi import document_file_downloads, serve_swagger_ui_assets
     document_file_downloads(app, api)
+    serve_swagger_ui_assets(app)
     from . import metrics  # Prometheus text, documented with its own (optional) token scheme
     api.spec.components.security_scheme(
         "metricsToken", {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"})

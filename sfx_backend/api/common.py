@@ -24,6 +24,13 @@ class ProblemApi(flask_smorest.Api):
     def handle_http_exception(self, error):  # noqa: D102 - overrides the library's JSON body
         return handle_http_exception(error)
 
+    def _init_spec(self, *args, **kwargs):
+        super()._init_spec(*args, **kwargs)
+        built = self.spec.to_dict
+        # Every reader of the document (/openapi.json, `flask openapi write`) gets the finished one.
+        from .openapi import finish_document
+        self.spec.to_dict = lambda: finish_document(built())  # type: ignore[method-assign]
+
     def _register_responses(self):
         """The shared error responses (`default`, automatic 422) are problem+json, as sent."""
         self.DEFAULT_RESPONSE_CONTENT_TYPE = "application/problem+json"

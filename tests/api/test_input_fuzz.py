@@ -85,13 +85,21 @@ def hostile_bodies(fields: list[str]) -> st.SearchStrategy[bytes]:
     )
 
 
+def kind_of(schema: dict) -> str | None:
+    """The JSON type a property takes besides null (OpenAPI 3.1 writes a nullable one as `[type, "null"]`)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return next((k for k in kind if k != "null"), None)
+    return kind
+
+
 def plausible(schema: dict):
     """A value the documented property schema accepts, so a mutation of one field reaches the code behind it."""
     if "example" in schema:
         return schema["example"]
     if schema.get("enum"):
         return next(v for v in schema["enum"] if v is not None)
-    kind = schema.get("type")
+    kind = kind_of(schema)
     if kind == "string":
         by_format = {"email": "fuzz@example.com", "url": "http://localhost/back", "uri": "http://localhost/back",
                      "uuid": "00000000-0000-4000-8000-000000000000", "date": "2024-01-31",
@@ -184,7 +192,7 @@ def audited(operation: dict) -> list[tuple[bytes, list]]:
     """What the audit sent (each a 500 once), in this route's plausible body: tried before the generated examples."""
     fields = operation["fields"]
     body = {name: plausible(prop) for name, prop in fields.items()}
-    strings = [name for name, prop in fields.items() if prop.get("type") == "string"] or ["x"]
+    strings = [name for name, prop in fields.items() if kind_of(prop) == "string"] or ["x"]
     first = min(fields) if fields else "x"
     query = [("page", "1" * 5000), ("q", "\x00"), ("status", "\ud800"), ("from", "\x00")]
     cases = [

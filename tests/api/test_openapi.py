@@ -1,6 +1,7 @@
 """/openapi.json describes every route: schemas, problem+json errors, the bearer scheme, Idempotency-Key."""
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -95,3 +96,85 @@ def test_interactive_docs_are_served(client):
     response = client.get("/docs")
     assert response.status_code == 200
     assert "swagger-ui" in response.get_data(as_text=True)
+
+
+def test_the_docs_page_and_every_asset_it_references_come_from_the_app(client):
+    page = client.get("/docs").get_data(as_text=True)
+    assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]", page), "the docs page names another host"
+    assert '"validatorUrl": null' in page  # Swagger UI would otherwise post the document to its validator
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert {a.rsplit("/", 1)[-1] for a in assets} >= {"swagger-ui.css", "swagger-ui-bundle.js"}
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(served.data) > 1000, asset
+        assert served.mimetype in {"text/css", "text/javascript", "application/javascript"}, asset
+
+
+def test_the_document_is_openapi_3_1_with_a_unique_readable_operation_id_everywhere(spec):
+    assert spec["openapi"] == "3.1.0"
+    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    assert all(i and re.fullmatch(r"[a-z][A-Za-z]+", i) for i in ids), ids
+    assert len(ids) == len(set(ids))
+    assert spec["paths"]["/usage/generate"]["post"]["operationId"] == "generateSound"
+    assert spec["paths"]["/jobs/{job_id}"]["get"]["operationId"] == "getJob"
+
+
+def test_fields_always_sent_are_required_and_nullable_ones_admit_null(spec):
+    schemas = spec["components"]["schemas"]
+    job = schemas["Job"]
+    assert set(job["required"]) == set(job["properties"])
+    assert {"type": "null"} in job["properties"]["audio"]["anyOf"]
+    assert {"$ref": "#/components/schemas/Audio"} in job["properties"]["audio"]["anyOf"]
+    assert job["properties"]["finished_at"]["type"] == ["string", "null"]
+    assert "url" in schemas["Audio"]["required"]
+    assert {"id", "email", "created_at"} <= set(schemas["User"]["required"])
+    assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "code"}
+    assert schemas["Generate"]["required"] == ["prompt"]  # a request body keeps its own optional fields
+
+
+def test_job_and_problem_responses_carry_examples(spec):
+    for path, method, status in (("/usage/generate", "post", "202"), ("/jobs/{job_id}", "get", "200")):
+        examples = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["examples"]
+        assert {name: e["value"]["status"] for name, e in examples.items()} == {
+            "queued": "queued", "succeeded": "succeeded", "failed": "failed"}
+        assert examples["succeeded"]["value"]["audio"]["url"]
+        assert examples["failed"]["value"]["error"]["code"]
+    problem = spec["paths"]["/jobs/{job_id}"]["get"]["responses"]["404"]["content"][PROBLEM]["example"]
+    assert {"type", "title", "status", "detail", "code"} <= set(problem)
+
+
+def test_retry_after_and_rate_limit_headers_are_documented_where_they_are_sent(spec):
+    generate = spec["paths"]["/usage/generate"]["post"]["responses"]
+    assert {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+        generate["429"]["headers"])
+    assert {"X-RateLimit-Remaining", "Location"} <= set(generate["202"]["headers"])
+    assert "Retry-After" in spec["paths"]["/health/ready"]["get"]["responses"]["503"]["headers"]
+    assert "X-RateLimit-Limit" not in spec["paths"]["/jobs/{job_id}"]["get"]["responses"]["200"].get("headers", {})
+
+
+def test_the_usage_export_is_documented_as_csv(spec):
+    assert set(spec["paths"]["/usage/export"]["get"]["responses"]["200"]["content"]) == {"text/csv"}
+
+
+def test_the_response_check_the_suite_runs_catches_what_the_document_does_not_say(app, spec):
+    from tests.support.openapi_check import Document
+
+    document = Document(spec)
+    job = {"id": str(uuid.uuid4()), "status": "queued", "prompt": "x", "duration_seconds": None,
+           "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128", "provider": None,
+           "created_at": "2026-01-05T10:00:00Z", "started_at": None, "finished_at": None, "attempts": 0,
+           "queue_reason": None, "error": None, "audio": None}
+    path = f"/jobs/{job['id']}"
+
+    def sent(body, status=200, mimetype="application/json"):
+        return app.response_class(body if isinstance(body, str) else json.dumps(body), status=status,
+                                  mimetype=mimetype)
+
+    assert document.mismatches("GET", path, sent(job)) == []
+    missing = document.mismatches("GET", path, sent({k: v for k, v in job.items() if k != "audio"}))
+    assert len(missing) == 1 and '"audio" is a required property' in missing[0]
+    assert "not valid" in " ".join(document.mismatches("GET", path, sent({**job, "audio": {"url": 1}})))
+    assert "content type text/plain" in document.mismatches("GET", path, sent("ok", mimetype="text/plain"))[0]
+    assert document.mismatches("GET", "/not-a-route", sent("nope", status=404, mimetype="text/plain")) == []

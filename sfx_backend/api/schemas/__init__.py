@@ -108,7 +108,7 @@ class AudioSchema(Schema):
     url = fields.String(metadata={"description": "Expiring download URL (presigned)."})
     expires_at = fields.DateTime()
     content_type = fields.String()
-    size_bytes = fields.Integer()
+    size_bytes = fields.Integer(allow_none=True, metadata={"description": "Null when the store did not say."})
 
 
 class JobSchema(Schema):
