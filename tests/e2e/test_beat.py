@@ -20,7 +20,7 @@ from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus, ServiceHeartbeat
 from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
-from tests.support.processes import BIN, REPO_ROOT, start_celery_worker, stop, wait_for
+from tests.support.processes import api_losing_its_messages, BIN, REPO_ROOT, start_celery_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +55,7 @@ def test_the_plain_beat_command_resends_a_job_whose_message_was_lost(pipeline_en
     mode, env = pipeline_env
     # The API side publishes into an in-memory broker of its own: the message is lost as it would be
     # with the broker down at submit, and the job waits queued in the database.
-    api = create_app(FAST_HASH, environ={**env, "CELERY_BROKER_URL": "memory://"})
-    if mode == "embedded":
-        from flask_migrate import upgrade
-        with api.app_context():
-            upgrade()
-    client = api.test_client()
-    auth = client.post("/auth/register", json={"email": f"beat-{uuid.uuid4().hex[:8]}@example.com",
-                                               "password": "correct horse battery"}).get_json()
-    headers = {"Authorization": f"Bearer {auth['access_token']}"}
+    api, client, headers = api_losing_its_messages(env, migrate=mode == "embedded")
     job_id = client.post("/usage/generate", headers=headers, json={"prompt": "distant thunder"}).get_json()["id"]
 
     worker = start_celery_worker(env, tmp_path / "worker.log", "--loglevel", "INFO")

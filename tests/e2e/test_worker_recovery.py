@@ -14,11 +14,10 @@ from datetime import timedelta
 
 import pytest
 
-from sfx_backend import create_app
 from sfx_backend.extensions import db
 from sfx_backend.models import Job, JobStatus, utcnow
-from tests.conftest import FAST_HASH, TEST_SECRETS, make_environ
-from tests.support.processes import start_celery_worker, stop, wait_for
+from tests.conftest import TEST_SECRETS, make_environ
+from tests.support.processes import api_losing_its_messages, start_celery_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +53,7 @@ def _die(api, job_id: str, lease_left: float) -> None:
 def test_a_starting_worker_finishes_the_jobs_of_a_killed_one_without_beat(worker_env, tmp_path):
     mode, env, pool_args = worker_env
     # The API publishes into a broker no worker reads: the only way forward is the reclaim at start.
-    api = create_app(FAST_HASH, environ={**env, "CELERY_BROKER_URL": "memory://"})
-    if mode == "embedded":
-        from flask_migrate import upgrade
-        with api.app_context():
-            upgrade()
-    client = api.test_client()
-    auth = client.post("/auth/register", json={"email": f"rec-{uuid.uuid4().hex[:8]}@example.com",
-                                               "password": "correct horse battery"}).get_json()
-    headers = {"Authorization": f"Bearer {auth['access_token']}"}
+    api, client, headers = api_losing_its_messages(env, migrate=mode == "embedded")
     long_dead, just_killed = (client.post("/usage/generate", headers=headers, json={"prompt": p}).get_json()["id"]
                               for p in ("glass shatter", "metal clang"))
     _die(api, long_dead, lease_left=-60)

@@ -50,3 +50,23 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def api_losing_its_messages(env: dict[str, str], migrate: bool):
+    """An API app on the processes' database whose submissions never reach a worker (it publishes into
+    an in-memory broker of its own, as with the broker down at submit), its test client, and a fresh
+    user's headers. `migrate`: the embedded SQLite database needs its schema first."""
+    import uuid
+
+    from sfx_backend import create_app
+    from tests.conftest import FAST_HASH
+
+    api = create_app(FAST_HASH, environ={**env, "CELERY_BROKER_URL": "memory://"})
+    if migrate:
+        from flask_migrate import upgrade
+        with api.app_context():
+            upgrade()
+    client = api.test_client()
+    auth = client.post("/auth/register", json={"email": f"lost-{uuid.uuid4().hex[:8]}@example.com",
+                                               "password": "correct horse battery"}).get_json()
+    return api, client, {"Authorization": f"Bearer {auth['access_token']}"}
