@@ -262,6 +262,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "KEY_MAINTENANCE_INTERVAL_SECONDS": _int(env, "KEY_MAINTENANCE_INTERVAL_SECONDS", 60),
         "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
         "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
+        # Waiting clients (Prefer: wait, GET /jobs/<id>/events): the stream's keep-alive comment interval,
+        # and how often a waiter re-reads its job even without an announcement (pub/sub may drop one).
+        "SSE_KEEPALIVE_SECONDS": _float(env, "SSE_KEEPALIVE_SECONDS", 15.0),
+        "JOB_WAIT_RECHECK_SECONDS": _float(env, "JOB_WAIT_RECHECK_SECONDS", 5.0),
         # Beat records a heartbeat this often; /health/ready calls it stale after four intervals missed.
         "SCHEDULER_HEARTBEAT_SECONDS": _int(env, "SCHEDULER_HEARTBEAT_SECONDS", 15),
         # storage

@@ -30,6 +30,8 @@ from .services.billing_usage import MeterReporter
 from .services.devices import DeviceService
 from .services.dispatch import TaskSender
 from .services.generation import GenerationRunner, RunnerSettings, SettledHook
+from .services import job_events
+from .services.job_events import JobEvents, LocalJobEvents, RedisJobEvents
 from .services.jobs import JobService
 from .services.key_pool import KeyPool
 from .services.mailer import LogMailer, Mailer, SmtpMailer
@@ -93,11 +95,30 @@ def build_mailer(cfg: Mapping[str, Any]) -> Mailer:
                       cfg.get("SMTP_PASS"), timeout=float(cfg.get("SMTP_TIMEOUT", 10.0)))
 
 
+def build_job_events(cfg: Mapping[str, Any]) -> JobEvents:
+    """Job-change announcements: Redis pub/sub when REDIS_URL is set, else in-process with a 250 ms re-read."""
+    if cfg.get("REDIS_URL"):
+        return RedisJobEvents(cfg["REDIS_URL"], recheck_seconds=cfg["JOB_WAIT_RECHECK_SECONDS"])
+    return LocalJobEvents(recheck_seconds=0.25)
+
+
+def _job_events_for(session: Session) -> JobEvents | None:
+    """The announcer of the app whose session just committed (none outside an app, e.g. a bare test session)."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context():
+        return None
+    rt = current_app.extensions.get("sfx")
+    return rt.job_events if rt is not None else None
+
+
 def build_runtime(cfg: Mapping[str, Any], tasks: TaskSender) -> Runtime:
     """Every adapter the app's services run on; `tasks` sends their tasks (Celery, in create_app)."""
+    job_events.install(_job_events_for)  # every committed job change is announced (services/job_events.py)
     return Runtime(storage=build_storage(cfg), provider=build_provider(cfg), cipher=build_cipher(cfg),
                    hasher=make_hasher(cfg.get("ARGON2_TIME_COST", 3), cfg.get("ARGON2_MEMORY_KIB", 65536)),
-                   mailer=build_mailer(cfg), tasks=tasks, clock=utcnow, spool=AudioSpool(Path(cfg["SPOOL_DIR"])))
+                   mailer=build_mailer(cfg), tasks=tasks, clock=utcnow, spool=AudioSpool(Path(cfg["SPOOL_DIR"])),
+                   job_events=build_job_events(cfg))
 
 
 # -- services: built per request or task, on its session -----------------------------------------

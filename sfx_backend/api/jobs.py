@@ -17,7 +17,7 @@ from ..runtime import runtime
 from ..services import jobs
 from ..services.dispatch import GENERATE_TASK
 from ..services.jobs import GenerationParams, JobService
-from . import limits
+from . import limits, waiting
 from .common import BEARER, Blueprint, caller_allowance, problem_responses
 from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
 from .schemas.text import CONTROL_MESSAGE
@@ -143,12 +143,38 @@ def list_jobs(query):
 
 @blp.route("/jobs/<uuid:job_id>", methods=["GET"])
 @jwt_required()
-@blp.response(200, JobSchema)
-@blp.doc(security=BEARER)
+@blp.response(200, JobSchema, headers={"Preference-Applied": waiting.PREFERENCE_APPLIED_HEADER})
+@blp.doc(security=BEARER, parameters=[waiting.PREFER_HEADER])
 @problem_responses(blp, 401, 404)
 def get_job(job_id: uuid.UUID):
-    """One job (only its owner sees it)."""
-    return serialize_job(jobs.read(db.session, current_user.id, job_id))
+    """One job (only its owner sees it). With `Prefer: wait=N` the answer waits for the job to end, up to N s."""
+    seconds = waiting.preferred_wait()
+    if seconds is None:
+        return serialize_job(jobs.read(db.session, current_user.id, job_id))
+    row = waiting.hold(current_user.id, job_id, seconds)
+    return serialize_job(row), 200, {"Preference-Applied": f"wait={seconds}"}
+
+
+_EVENT_STREAM_DOC = {
+    "description": "Server-sent events: `event: job` with the job object as `data` (as GET /jobs/<id> answers "
+                   "it), at once and on every change of status, queue_reason or attempts, each with a larger "
+                   "`id:`; a `: keep-alive` comment line when nothing changed for a while (SSE_KEEPALIVE_SECONDS); "
+                   "the stream ends after the event with a terminal status.",
+    "content": {"text/event-stream": {"schema": {"type": "string"},
+                                      "example": "id: 1\nevent: job\ndata: {\"id\": \"...\", "
+                                                 "\"status\": \"queued\", ...}\n\n"}},
+    "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}},
+}
+
+
+@blp.route("/jobs/<uuid:job_id>/events", methods=["GET"])
+@jwt_required()
+@blp.doc(security=BEARER, parameters=[waiting.LAST_EVENT_ID_HEADER], responses={"200": _EVENT_STREAM_DOC})
+@problem_responses(blp, 401, 404, 422)
+def job_events(job_id: uuid.UUID):
+    """Follow one job as server-sent events until it ends (EventSource; reconnect with Last-Event-ID)."""
+    schema = JobSchema()
+    return waiting.event_stream(current_user.id, job_id, lambda row: schema.dump(serialize_job(row)))
 
 
 @blp.route("/jobs/<uuid:job_id>/audio", methods=["GET"])

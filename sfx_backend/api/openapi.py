@@ -62,6 +62,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("post", "/usage/generate"): "generateSound", ("post", "/jobs"): "createJob",
     ("get", "/jobs"): "listJobs", ("get", "/jobs/{job_id}"): "getJob",
     ("get", "/jobs/{job_id}/audio"): "downloadJobAudio", ("post", "/jobs/{job_id}/cancel"): "cancelJob",
+    ("get", "/jobs/{job_id}/events"): "followJobEvents",
     ("get", "/usage/current"): "getCurrentUsage", ("get", "/usage/history"): "getUsageHistory",
     ("get", "/usage/limits"): "getUsageLimits", ("get", "/usage/export"): "exportUsage",
     ("get", "/health"): "health", ("get", "/health/ready"): "readiness", ("get", "/metrics"): "metrics",

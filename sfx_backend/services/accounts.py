@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from ..errors import Conflict, EmailTaken, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from ..models import (FINISHED, ApiUsage, AuthSession, Job, JobStatus, Notification, QuotaState,
                       StorageDeletion, Subscription, SubscriptionStatus, User, UserStatus)
-from . import audit, devices, notifications, quota, verification
+from . import audit, devices, job_events, notifications, quota, verification
 from .billing import BillingService
 from .dispatch import PURGE_AUDIO_TASK, TaskSender, after_commit
 from .users import UserService, normalize_email
@@ -119,6 +119,7 @@ class AccountService:
             if status not in FINISHED:
                 # A worker may still upload this job's audio: delete its key again once any lease has lapsed.
                 keys_later.add(f"audio/{user_id}/{job_id}.{output_format.value}")
+                job_events.changed(self.session, job_id, JobStatus.CANCELED)  # its waiters re-read (and 404)
         # Unfinished jobs stop here; marking the unit refunded keeps a late worker from settling it.
         self.session.execute(
             sa.update(Job).where(Job.user_id == user_id, Job.status.not_in(FINISHED))
@@ -190,6 +191,7 @@ class AccountService:
             .values(status=JobStatus.CANCELED, finished_at=now, updated_at=now, queue_reason=None)
             .returning(Job.id)).all()
         for job_id in ids:
+            job_events.changed(self.session, job_id, JobStatus.CANCELED)  # announced once the caller commits
             job = self.session.get(Job, job_id)
             self.session.refresh(job)
             quota.refund(self.session, job, now)

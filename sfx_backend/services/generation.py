@@ -28,7 +28,7 @@ from ..models import ApiUsage, Job, JobAttempt, JobStatus
 from ..providers.base import FailureKind, GeneratedAudio, ProviderError, SoundProvider, SoundRequest
 from ..storage.base import Storage, StorageError
 from ..storage.spool import AudioSpool
-from . import quota
+from . import job_events, quota
 from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
 from .spooled_upload import SpooledUploads, elapsed_ms
 
@@ -175,6 +175,7 @@ class GenerationRunner(SpooledUploads):
             self.session.commit()
             log.info("job not claimable, nothing to do", extra={"event": "job_skip", "job_id": str(job_id)})
             return None
+        job_events.changed(self.session, job.id, JobStatus.RUNNING, None, job.attempts)  # announced on commit
         log.info("job started", extra={"event": "job_started", "job_id": str(job.id),
                                        "user_id": str(job.user_id), "request_id": job.request_id})
         return job
@@ -225,6 +226,7 @@ class GenerationRunner(SpooledUploads):
             sa.update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
             .values(status=JobStatus.QUEUED, queue_reason=WAITING_FOR_CAPACITY, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False))
+        job_events.changed(self.session, job.id, JobStatus.QUEUED, WAITING_FOR_CAPACITY)
         self.session.commit()  # the job's attributes reload when next read (the re-claim loads them)
 
     @contextmanager
@@ -424,6 +426,8 @@ class GenerationRunner(SpooledUploads):
             sa.update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
             .values(status=JobStatus.QUEUED, queue_reason=reason, lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False)).rowcount
+        if changed:
+            job_events.changed(self.session, job.id, JobStatus.QUEUED, reason)
         self.session.commit()
         self.session.refresh(job)
         return RunResult("retry", delay, JobStatus.QUEUED.value) if changed else RunResult.done(job.status.value)

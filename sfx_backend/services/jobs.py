@@ -16,7 +16,7 @@ from ..errors import (AccountSuspended, EmailNotVerified, IdempotencyConflict, J
                       TooManyJobs, ValidationFailed)
 from ..models import Job, JobStatus, OutputFormat, QuotaState, User, UserStatus
 from ..plans import TRIAL, Catalogue
-from . import quota
+from . import job_events, quota
 from .sql import insert_for
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -205,5 +205,6 @@ class JobService:
             self.session.refresh(job)
             raise JobNotCancelable(f"The job is {job.status.value}; only queued jobs can be canceled.")
         quota.refund(self.session, job, now)
+        job_events.changed(self.session, job.id, JobStatus.CANCELED)  # announced once the caller commits
         self.session.refresh(job)
         return job

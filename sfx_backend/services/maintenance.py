@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..models import Job, JobStatus
+from . import job_events
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def stranded_jobs(session: Session, now: datetime, queued_grace: timedelta, limi
         session.execute(sa.update(Job).where(Job.id.in_(ids)).values(updated_at=now)
                         .execution_options(synchronize_session=False))
         # A job whose worker died goes back to the queue, so it reads as waiting, not as running.
-        session.execute(sa.update(Job).where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)
-                        .values(status=JobStatus.QUEUED, lease_until=None, queue_reason="recovered_after_worker_loss")
-                        .execution_options(synchronize_session=False))
+        requeued = session.scalars(
+            sa.update(Job).where(Job.id.in_(ids), Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, lease_until=None, queue_reason="recovered_after_worker_loss")
+            .returning(Job.id).execution_options(synchronize_session=False)).all()
+        for job_id in requeued:  # announced once the caller commits
+            job_events.changed(session, job_id, JobStatus.QUEUED, "recovered_after_worker_loss")
         log.warning("re-sending stranded jobs", extra={"event": "jobs_resent", "count": len(ids)})
     return ids
 
@@ -51,6 +55,8 @@ def reclaim_expired_leases(session: Session, now: datetime, limit: int = 500) ->
         .values(status=JobStatus.QUEUED, lease_until=None, queue_reason="recovered_after_worker_loss",
                 updated_at=now)
         .returning(Job.id).execution_options(synchronize_session=False)))
+    for job_id in ids:  # announced once the caller commits
+        job_events.changed(session, job_id, JobStatus.QUEUED, "recovered_after_worker_loss")
     if ids:
         log.warning("reclaiming jobs whose lease expired", extra={"event": "jobs_reclaimed", "count": len(ids)})
     return ids
