@@ -39,4 +39,7 @@ EXPOSE 3000
 # The API's liveness; docker-compose.yml gives the worker, beat and Flower their own checks.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "scripts/healthcheck.py", "api"]
-CMD ["sh", "-c", "exec gunicorn wsgi:app --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY:-4} --threads ${GUNICORN_THREADS:-2} --access-logfile -"]
+# gunicorn.conf.py (in WORKDIR) chooses gevent workers: a client waiting on a job (Prefer: wait, the event
+# stream) holds a greenlet, not a thread, so there is no thread count to set; WEB_CONCURRENCY processes,
+# about one per core.
+CMD ["sh", "-c", "exec gunicorn wsgi:app --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY:-2} --access-logfile -"]

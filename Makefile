@@ -58,7 +58,8 @@ migrate: $(STAMP)
 	$(BIN)/flask --app wsgi db upgrade
 
 api: $(STAMP) migrate
-	$(BIN)/gunicorn wsgi:app --bind 127.0.0.1:$${PORT:-3000} --workers 2 --threads 8
+	@# gevent workers (gunicorn.conf.py): each process holds thousands of waiting clients; one process per core.
+	$(BIN)/gunicorn wsgi:app --bind 127.0.0.1:$${PORT:-3000} --workers 2
 
 worker: $(STAMP)
 	$(BIN)/celery -A workers worker --loglevel INFO

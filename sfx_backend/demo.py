@@ -272,7 +272,7 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
     # (c) start API and worker
     printer.step(3, "Starting the API (gunicorn) and a worker (celery, threads pool)")
     api_cmd = tool("gunicorn") + ["wsgi:app", "--bind", f"127.0.0.1:{port}", "--chdir", str(app_dir),
-                                  "--workers", "1", "--threads", "2", "--graceful-timeout", "5",
+                                  "--workers", "1", "--graceful-timeout", "5",
                                   "--access-logfile", "-"]
     if gunicorn_has_option(env, "--no-control-socket"):
         # Newer gunicorn opens ~/.gunicorn/gunicorn.ctl by default; two demos would fight over it.
@@ -283,7 +283,8 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
     children.append(api)
     worker = Child("worker", worker_cmd, log_dir / "worker.log", app_dir, env)
     children.append(worker)
-    printer.info(f"API    pid {api.proc.pid}: gunicorn wsgi:app --bind 127.0.0.1:{port} --threads 2"
+    # gunicorn.conf.py (read from the app directory) makes it a gevent worker: waiting clients hold no thread.
+    printer.info(f"API    pid {api.proc.pid}: gunicorn wsgi:app --bind 127.0.0.1:{port} (gevent worker)"
                  f"  (log {api.log_path})")
     printer.info(f"worker pid {worker.proc.pid}: celery -A workers worker --pool threads"
                  f"  (log {worker.log_path})")
