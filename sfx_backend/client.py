@@ -26,10 +26,14 @@ How a plugin should behave
   long. Do not retry other `4xx`; they will not change by themselves.
 * **`402 quota_exceeded`** means the user has no generations left this period: show an upgrade
   message (see `GET /usage/current` and `/subscription/plans`), do not retry.
-* **Poll with backoff.** `POST /usage/generate` answers `202` with a job (`status: queued`).
-  Poll `GET /jobs/<id>` starting at ~0.25 s and doubling up to ~5 s between polls until the status
-  is `succeeded`, `failed` or `canceled`. A failed job carries `error: {code, message}` and its
-  quota unit is given back automatically.
+* **Wait without polling.** `POST /usage/generate` answers `202` with a job (`status: queued`).
+  Follow it with `GET /jobs/<id>/events` (server-sent events: an `event: job` with the job object at
+  once and on every change, the stream ends after `succeeded`, `failed` or `canceled`; on a dropped
+  connection reconnect with `Last-Event-ID`). Where a stream cannot get through (a proxy that buffers
+  it), ask `GET /jobs/<id>` with `Prefer: wait=60`: the answer comes when the job ends, or after 60 s
+  with `Preference-Applied: wait=60`; ask again at once. Only a server that answers without
+  `Preference-Applied` needs polling with backoff (~0.25 s doubling to ~5 s). A failed job carries
+  `error: {code, message}` and its quota unit is given back automatically.
 * **Download URLs expire.** `audio.url` is a presigned URL (S3, or the API's own signed `/files/`
   URL in embedded mode). Fetch it with a plain GET and NO Authorization header. It expires at
   `audio.expires_at` (15 min by default); if it has expired or answers `403`, re-read the job (or
@@ -59,10 +63,13 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import json as jsonlib
 import os
 import platform
+import queue
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -78,6 +85,9 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 # Statuses worth retrying: the server (or something in front of it) may answer differently soon.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds per HTTP request
+MAX_PREFER_WAIT = 60  # the server holds a `Prefer: wait` answer at most this long
+# The server sends a keep-alive comment at least every 15 s: a stream quiet for longer is dead.
+STREAM_READ_TIMEOUT = 45.0
 USER_AGENT = "sfx-backend-client/0.1 (+python-requests)"
 
 
@@ -222,7 +232,8 @@ class SfxClient:
 
     def request(self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] | None = None,
                 auth: bool = True, retry: bool = True, bearer: str | None = None,
-                expected: Iterable[int] = ()) -> requests.Response:
+                expected: Iterable[int] = (), stream: bool = False,
+                timeout: float | tuple[float, float] | None = None) -> requests.Response:
         """Send one API call; raise ApiError for any status >= 400 not in `expected`.
 
         `retry`: retry connection errors, timeouts, 5xx and 429 (only pass True for calls that are
@@ -239,7 +250,8 @@ class SfxClient:
                 send_headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self.session.request(method, self._url(path), json=json, headers=send_headers,
-                                                timeout=self.timeout, allow_redirects=False)
+                                                timeout=timeout or self.timeout, allow_redirects=False,
+                                                stream=stream)
             except (requests.ConnectionError, requests.Timeout):
                 if not retry or attempt >= self.max_retries:
                     raise
@@ -361,29 +373,124 @@ class SfxClient:
         return self.request("GET", "/usage/current").json()
 
     def wait(self, job_id: str, timeout: float = 300.0, *, initial_delay: float = 0.25, max_delay: float = 5.0,
-             on_update: Callable[[dict], None] | None = None) -> dict:
-        """Poll the job until it is succeeded/failed/canceled and return it.
+             on_update: Callable[[dict], None] | None = None,
+             on_progress: Callable[[dict, float], None] | None = None, progress_interval: float = 1.0,
+             stream: bool = True) -> dict:
+        """Follow the job until it is succeeded/failed/canceled and return it.
 
-        Waits `initial_delay` before the second poll, doubling up to `max_delay`; 429s are waited out
-        per Retry-After inside `get_job`. `on_update(job)` is called on every status change.
-        Raises JobTimeout after `timeout` seconds.
+        With `stream`, it follows GET /jobs/<id>/events (reconnecting with Last-Event-ID when the stream
+        drops); when no stream gets through it asks `GET /jobs/<id>` with `Prefer: wait`, which the
+        server holds until the job ends; a server that does not hold it (no Preference-Applied) is
+        polled after `initial_delay`, doubling up to `max_delay`. 429s are waited out per Retry-After.
+        `on_update(job)` is called on every status change; `on_progress(job, elapsed_seconds)` on every
+        state received and at least every `progress_interval` seconds while nothing changes (the
+        waiting runs in a thread of its own meanwhile). Raises JobTimeout after `timeout` seconds.
         """
         deadline = self.clock() + timeout
+        started = time.monotonic()
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        open_stream: dict[str, requests.Response] = {}
+        follower = threading.Thread(target=self._follow, daemon=True, name=f"wait-{job_id}",
+                                    args=(job_id, timeout, deadline, initial_delay, max_delay, stream, updates, stop,
+                                          open_stream))
+        follower.start()
+        last_status, last_job = None, None
+        try:
+            while True:
+                try:
+                    kind, value = updates.get(timeout=progress_interval)
+                except queue.Empty:
+                    if on_progress and last_job is not None:
+                        on_progress(last_job, time.monotonic() - started)
+                    continue
+                if kind == "error":
+                    raise value
+                last_job = value
+                if value.get("status") != last_status:
+                    last_status = value.get("status")
+                    if on_update:
+                        on_update(value)
+                if on_progress:
+                    on_progress(value, time.monotonic() - started)
+                if kind == "done":
+                    return value
+        finally:
+            stop.set()
+            response = open_stream.get("response")
+            if response is not None:
+                response.close()  # ends a stream the follower may still be reading
+
+    def _follow(self, job_id: str, timeout: float, deadline: float, initial_delay: float, max_delay: float,
+                stream: bool, updates: queue.Queue, stop: threading.Event, open_stream: dict) -> None:
+        """The waiting itself (in `wait`'s thread): every state seen goes to `updates`, then done or error."""
+        try:
+            job = self._follow_stream(job_id, deadline, updates, stop, open_stream) if stream else None
+            if job is None and not stop.is_set():
+                job = self._long_poll(job_id, timeout, deadline, initial_delay, max_delay, updates, stop)
+            if job is not None:
+                updates.put(("done", job))
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
+            updates.put(("error", error))
+
+    def _follow_stream(self, job_id: str, deadline: float, updates: queue.Queue, stop: threading.Event,
+                       open_stream: dict) -> dict | None:
+        """The terminal job from the event stream, or None when no stream gets through (fall back)."""
+        last_id, drops = None, 0
+        connect = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+        while not stop.is_set() and self.clock() < deadline:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                response = self.request("GET", f"/jobs/{job_id}/events", headers=headers, retry=False,
+                                        stream=True, timeout=(connect, STREAM_READ_TIMEOUT))
+            except (ApiError, requests.RequestException):
+                return None  # no such route (an older server), a proxy in the way...: Prefer: wait decides
+            open_stream["response"] = response
+            try:
+                if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    return None
+                for event_id, data in _server_sent_events(response):
+                    last_id = event_id or last_id
+                    job = jsonlib.loads(data)
+                    if job.get("status") in TERMINAL_STATUSES:
+                        return job
+                    updates.put(("update", job))
+            except (requests.RequestException, ValueError, AttributeError):
+                pass  # dropped (or closed by `wait`): reconnect below, with Last-Event-ID
+            finally:
+                open_stream.pop("response", None)
+                response.close()
+            drops += 1
+            if drops > 3 or stop.is_set():
+                return None
+            self.sleep(self._backoff(drops - 1))
+        return None
+
+    def _long_poll(self, job_id: str, timeout: float, deadline: float, initial_delay: float, max_delay: float,
+                   updates: queue.Queue, stop: threading.Event) -> dict | None:
+        """`GET /jobs/<id>` with `Prefer: wait`, again at once whenever the server held the answer."""
         delay = initial_delay
-        last_status = None
-        while True:
-            job = self.get_job(job_id)
-            if job.get("status") != last_status:
-                last_status = job.get("status")
-                if on_update:
-                    on_update(job)
+        connect = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+        read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
+        while not stop.is_set():
+            seconds = int(min(MAX_PREFER_WAIT, max(deadline - self.clock(), 0)))
+            headers = {"Prefer": f"wait={seconds}"} if seconds >= 1 else {}
+            response = self.request("GET", f"/jobs/{job_id}", headers=headers, timeout=(connect, read + seconds))
+            job = response.json()
             if job.get("status") in TERMINAL_STATUSES:
                 return job
+            updates.put(("update", job))
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise JobTimeout(job, timeout)
+            if "Preference-Applied" in response.headers:
+                delay = initial_delay  # it was held: ask again at once
+                continue
             self.sleep(min(delay, remaining))
             delay = min(max_delay, delay * 2)
+        return None
 
     def download(self, job: Mapping[str, Any] | str, dest_dir: str | os.PathLike = ".",
                  filename: str | None = None) -> Path:
@@ -449,6 +556,28 @@ class SfxClient:
 
 
 # ---------------------------------------------------------------------- command line
+def _server_sent_events(response: requests.Response) -> Iterable[tuple[str | None, str]]:
+    """(id, data) of each event in a `text/event-stream` body (the WHATWG format: comment lines start
+    with a colon, fields are `name: value`, a blank line ends an event, several data lines join)."""
+    event_id, data = None, []
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if data:
+                yield event_id, "\n".join(data)
+            data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+    if data:
+        yield event_id, "\n".join(data)
+
+
 def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
@@ -557,11 +686,12 @@ def main(argv: list[str] | None = None) -> int:
                               loop=args.loop, output_format=args.format, idempotency_key=args.idempotency_key)
         print(f"submitted job {job['id']} (status {job['status']}, idempotency key {job['idempotency_key']})")
 
-        def show(j: dict) -> None:
+        def show(j: dict, elapsed: float) -> None:
+            # Every second while waiting, not only on a change: the person sees it is alive and why it waits.
             reason = f" ({j['queue_reason']})" if j.get("queue_reason") else ""
-            print(f"  {time.monotonic() - started:6.2f} s  {j['status']}{reason}")
+            print(f"  {time.monotonic() - started:6.1f} s  {j['status']}{reason}", flush=True)
 
-        job = client.wait(job["id"], timeout=args.timeout, on_update=show)
+        job = client.wait(job["id"], timeout=args.timeout, on_progress=show)
         if job["status"] != "succeeded":
             err = job.get("error") or {}
             print(f"job {job['status']}: {err.get('code', '-')}: {err.get('message', '')}")

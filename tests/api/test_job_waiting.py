@@ -376,3 +376,20 @@ def test_with_redis_the_apps_own_commits_are_announced_through_it(redis_app, red
         pubsub.close()
         server.shutdown()
         thread.join(5)
+
+
+# -- the reference client ------------------------------------------------------------------------------
+def test_the_reference_client_follows_the_stream_and_reports_progress_meanwhile(base):
+    from sfx_backend.client import SfxClient
+
+    client = SfxClient(base)
+    client.register(f"c-{uuid.uuid4().hex[:10]}@example.com", "correct horse battery")
+    job = client.generate("thunder roll")
+    ticks = []
+    waiter = Background(lambda: client.wait(job["id"], timeout=30, progress_interval=0.2,
+                                            on_progress=lambda j, elapsed: ticks.append(j["status"])))
+    time.sleep(1.2)
+    assert ticks.count("queued") >= 3  # reported while nothing changed, not only on a change
+    _run_job(job["id"])
+    assert waiter.result()["status"] == "succeeded"
+    assert ticks[-1] == "succeeded"

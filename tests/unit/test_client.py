@@ -6,8 +6,10 @@ problem+json parsing, polling backoff and URL refresh on download. Sleeping is r
 """
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -70,6 +72,9 @@ def server():
             if item == DROP:
                 self.close_connection = True
                 return
+            if isinstance(item, Slow):
+                time.sleep(item.seconds)
+                item = item.response
             status, headers, body = item
             self.send_response(status)
             for name, value in headers.items():
@@ -311,17 +316,19 @@ def test_wait_polls_with_exponential_backoff(server, make_client, fake_time):
     c = make_client(access_token="t")
     statuses = []
 
-    result = c.wait("j1", timeout=300, on_update=lambda j: statuses.append(j["status"]))
+    # A server that does not hold `Prefer: wait` answers (no Preference-Applied) is polled with backoff.
+    result = c.wait("j1", timeout=300, on_update=lambda j: statuses.append(j["status"]), stream=False)
 
     assert result["status"] == "succeeded"
     assert statuses == ["queued", "running", "succeeded"]
     assert fake_time.sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
     assert len(server.requests) == 10
+    assert server.requests[0]["headers"]["prefer"] == "wait=60"
 
 
 def test_wait_honors_retry_after_while_polling(server, make_client, fake_time):
     server.add(ok(job()), problem(429, "rate_limited", headers={"Retry-After": "3"}), ok(job(status="failed")))
-    result = make_client(access_token="t").wait("j1")
+    result = make_client(access_token="t").wait("j1", stream=False)
     assert result["status"] == "failed"
     assert fake_time.sleeps == [0.25, 3.0]
 
@@ -329,10 +336,87 @@ def test_wait_honors_retry_after_while_polling(server, make_client, fake_time):
 def test_wait_times_out(server, make_client, fake_time):
     server.add(*[ok(job())] * 50)
     with pytest.raises(JobTimeout) as info:
-        make_client(access_token="t").wait("j1", timeout=3)
+        make_client(access_token="t").wait("j1", timeout=3, stream=False)
     assert info.value.job["status"] == "queued"
     assert sum(fake_time.sleeps) == pytest.approx(3.0)
+    assert [r["headers"].get("prefer") for r in server.requests][:2] == ["wait=3", "wait=2"]  # what time is left
     assert isinstance(info.value, TimeoutError)
+
+
+def events(*jobs, first_id: int = 1, keepalive: bool = True):
+    """A `text/event-stream` answer carrying these job states (as GET /jobs/<id>/events sends them)."""
+    body = "".join((": keep-alive\n\n" if keepalive else "") + f"id: {first_id + n}\nevent: job\n"
+                   f"data: {json.dumps(j)}\n\n" for n, j in enumerate(jobs))
+    return 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, body.encode()
+
+
+def test_wait_follows_the_event_stream_to_the_end(server, make_client, fake_time):
+    server.add(events(job(), job(status="running"), job(status="succeeded", attempts=1)))
+    statuses = []
+    result = make_client(access_token="t").wait("j1", on_update=lambda j: statuses.append(j["status"]))
+    assert result["status"] == "succeeded" and statuses == ["queued", "running", "succeeded"]
+    assert server.paths() == ["GET /jobs/j1/events"]
+    assert server.requests[0]["headers"]["accept"] == "text/event-stream"
+    assert server.requests[0]["headers"]["authorization"] == "Bearer t"
+
+
+def test_a_dropped_stream_is_resumed_with_last_event_id(server, make_client, fake_time):
+    server.add(events(job(), job(status="running")), events(job(status="succeeded"), first_id=3))
+    result = make_client(access_token="t").wait("j1")
+    assert result["status"] == "succeeded"
+    assert server.paths() == ["GET /jobs/j1/events"] * 2
+    assert "last-event-id" not in server.requests[0]["headers"]
+    assert server.requests[1]["headers"]["last-event-id"] == "2"
+
+
+def test_without_a_stream_it_falls_back_to_prefer_wait_and_asks_again_at_once(server, make_client, fake_time):
+    held = {"Preference-Applied": "wait=60"}
+    server.add(problem(404, "not_found"),  # a server (or proxy) without the stream
+               ok(job(), headers=held), ok(job(status="running"), headers=held), ok(job(status="succeeded")))
+    result = make_client(access_token="t").wait("j1", timeout=300)
+    assert result["status"] == "succeeded"
+    assert server.paths() == ["GET /jobs/j1/events"] + ["GET /jobs/j1"] * 3
+    assert [r["headers"]["prefer"] for r in server.requests[1:]] == ["wait=60"] * 3
+    assert fake_time.sleeps == []  # each answer was held by the server: no sleeping between them
+
+
+def test_an_answer_that_is_not_a_stream_falls_back_too(server, make_client, fake_time):
+    server.add(ok(job()), ok(job(status="failed")))  # e.g. a proxy that answers JSON for anything
+    assert make_client(access_token="t").wait("j1")["status"] == "failed"
+    assert server.paths() == ["GET /jobs/j1/events", "GET /jobs/j1"]
+
+
+class Slow:
+    """Answers `response` after `seconds` (a server holding a `Prefer: wait` answer)."""
+
+    def __init__(self, seconds, response):
+        self.seconds, self.response = seconds, response
+
+
+def test_progress_is_reported_every_interval_while_the_answer_is_held(server):
+    server.add(problem(404, "not_found"), Slow(1.5, ok(job(status="succeeded"))))
+    ticks = []
+    c = SfxClient(server.url, access_token="t", timeout=(2, 5))
+    result = c.wait("j1", on_progress=lambda j, elapsed: ticks.append((j["status"], elapsed)),
+                    progress_interval=0.2)
+    assert result["status"] == "succeeded"
+    assert ticks[-1][0] == "succeeded"
+    assert len(ticks) >= 1  # (no state before the held answer: nothing to report yet)
+
+
+def test_progress_ticks_repeat_the_last_state_while_nothing_changes(server):
+    held = {"Preference-Applied": "wait=60"}
+    server.add(problem(404, "not_found"), ok(job(queue_reason="waiting_for_upstream_capacity"), headers=held),
+               Slow(1.5, ok(job(status="succeeded"))))
+    ticks = []
+    c = SfxClient(server.url, access_token="t", timeout=(2, 5))
+    c.wait("j1", on_progress=lambda j, elapsed: ticks.append((j["status"], j["queue_reason"], elapsed)),
+           progress_interval=0.2)
+    queued = [t for t in ticks if t[0] == "queued"]
+    assert len(queued) >= 4, ticks  # the held 1.5 s, reported about every 0.2 s
+    assert all(t[1] == "waiting_for_upstream_capacity" for t in queued)
+    assert all(b[2] - a[2] <= 1.0 for a, b in itertools.pairwise(queued))
+    assert ticks[-1][0] == "succeeded"
 
 
 # ---------------------------------------------------------------------- download
@@ -383,7 +467,7 @@ def test_cli_generate_end_to_end(server, tmp_path, capsys):
     user = {"id": "u", "email": "a@example.com", "status": "trial", "role": "user"}
     done = job(status="succeeded", audio=audio(f"{server.url}/files/d.mp3?sig=x", size=len(data)))
     server.add(ok({"user": user, "access_token": "a1", "refresh_token": "r1"}),
-               ok(job(), 202), ok(done), raw(data))
+               ok(job(), 202), events(job(), done), raw(data))
 
     code = client_mod.main(["--base-url", server.url, "--email", "a@example.com", "--password", "pw-0123456789",
                             "generate", "door slam", "--duration", "2", "--format", "mp3",
@@ -395,6 +479,8 @@ def test_cli_generate_end_to_end(server, tmp_path, capsys):
     assert "offline procedural placeholder" in out
     assert server.requests[1]["json"]["duration_seconds"] == 2.0
     assert (tmp_path / "out" / f"sfx-{done['id']}.mp3").read_bytes() == data
+    assert server.paths()[2] == f"GET /jobs/{done['id']}/events"
+    assert "queued" in out and "succeeded" in out
 
 
 def test_cli_reports_quota_exceeded(server, capsys):
