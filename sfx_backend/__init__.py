@@ -56,6 +56,8 @@ def create_app(overrides: Mapping[str, Any] | None = None, environ: Mapping[str,
     instrument_app(app)  # request latency by route and status, for /metrics
 
     app.extensions["sfx"] = build_runtime(app.config, CeleryTaskSender(make_celery(app)))
+    from .api.waiting import bind_job_states
+    bind_job_states(app)  # waiters' safety sweep: one query for every watched job (services/job_events.py)
 
     @app.before_request
     def _request_id() -> None:

@@ -263,7 +263,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SWEEP_INTERVAL_SECONDS": _int(env, "SWEEP_INTERVAL_SECONDS", 60),
         "SWEEP_GRACE_SECONDS": _int(env, "SWEEP_GRACE_SECONDS", 60),
         # Waiting clients (Prefer: wait, GET /jobs/<id>/events): the stream's keep-alive comment interval,
-        # and how often a waiter re-reads its job even without an announcement (pub/sub may drop one).
+        # and how often (with Redis) each API process re-reads all its watched jobs in one query, waking
+        # the waiters whose job changed without an announcement (pub/sub may drop one).
         "SSE_KEEPALIVE_SECONDS": _float(env, "SSE_KEEPALIVE_SECONDS", 15.0),
         "JOB_WAIT_RECHECK_SECONDS": _float(env, "JOB_WAIT_RECHECK_SECONDS", 5.0),
         # Beat records a heartbeat this often; /health/ready calls it stale after four intervals missed.

@@ -98,7 +98,7 @@ def build_mailer(cfg: Mapping[str, Any]) -> Mailer:
 def build_job_events(cfg: Mapping[str, Any]) -> JobEvents:
     """Job-change announcements: Redis pub/sub when REDIS_URL is set, else in-process with a 250 ms re-read."""
     if cfg.get("REDIS_URL"):
-        return RedisJobEvents(cfg["REDIS_URL"], recheck_seconds=cfg["JOB_WAIT_RECHECK_SECONDS"])
+        return RedisJobEvents(cfg["REDIS_URL"], sweep_seconds=cfg["JOB_WAIT_RECHECK_SECONDS"])
     return LocalJobEvents(recheck_seconds=0.25)
 
 

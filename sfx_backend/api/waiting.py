@@ -16,10 +16,10 @@ from flask import Response, current_app, request, stream_with_context
 
 from ..errors import NotFound, ValidationFailed
 from ..extensions import db
-from ..models import FINISHED
+from ..models import FINISHED, Job
 from ..runtime import runtime
 from ..services import jobs
-from ..services.job_events import wait_until
+from ..services.job_events import state_of, wait_until
 
 MAX_WAIT_SECONDS = 60
 TERMINAL = frozenset(status.value for status in FINISHED)
@@ -90,6 +90,25 @@ def hold(user_id: uuid.UUID, job_id: uuid.UUID, seconds: int) -> sa.Row:
                       lambda row: row.status.value in TERMINAL, seconds)
 
 
+def bind_job_states(app) -> None:
+    """Give the app's announcer a way to read many jobs' state in one query (its safety sweep)."""
+    events = app.extensions["sfx"].job_events
+    if not hasattr(events, "states"):
+        return
+    table = Job.__table__
+    query = sa.select(table.c.id, table.c.status, table.c.queue_reason, table.c.attempts)
+
+    def states(ids: list[str]) -> dict[str, tuple]:
+        with app.app_context():
+            try:
+                rows = db.session.execute(query.where(table.c.id.in_([uuid.UUID(i) for i in ids]))).all()
+            finally:
+                db.session.remove()
+        return {str(row.id): state_of(row) for row in rows}
+
+    events.states = states
+
+
 def last_event_id() -> int:
     """The Last-Event-ID the client echoes on reconnection (0 when none)."""
     raw = request.headers.get("Last-Event-ID")
@@ -125,6 +144,7 @@ def event_stream(user_id: uuid.UUID, job_id: uuid.UUID, render: Callable[[sa.Row
                     last_write = time.monotonic()
                     if state[0] in TERMINAL:
                         return
+                watch.saw(row)
                 quiet = time.monotonic() - last_write
                 if quiet >= keepalive:
                     yield ": keep-alive\n\n"

@@ -8,10 +8,13 @@ attempts); without it the API process is told directly. The announcement is only
 waiter re-reads the job row, which is the truth.
 
 Waiting: `wait_until` reads the row, and until the job is terminal or the time is up, sleeps until
-an announcement for that job (or a re-check timer, since pub/sub may drop a message) and reads again.
-Each API process keeps ONE subscriber connection (a background thread, a greenlet under gevent) that
-hands announcements to the in-process waiters by job id; a waiter opens no connection of its own. With
-no Redis the same loop re-reads the row every `recheck_seconds` (250 ms).
+an announcement for that job wakes it, and reads again. Each API process keeps ONE subscriber
+connection (a background thread, a greenlet under gevent) that hands announcements to the in-process
+waiters by job id; a waiter opens no connection of its own. Since pub/sub can drop a message (Redis
+restarting, a publish that failed), a sweeper of the same process reads the state of every watched
+job in one query every few seconds (JOB_WAIT_RECHECK_SECONDS) and wakes the waiters whose job differs
+from what they last read: a thousand waiters cost one query per sweep, not a thousand. With no Redis
+each waiter re-reads its row every `recheck_seconds` (250 ms).
 """
 from __future__ import annotations
 
@@ -69,11 +72,23 @@ class JobEvents(Protocol):
         """A context manager yielding a `Watch` that wakes on this job's announcements."""
 
 
+JobState = tuple  # (status, queue_reason, attempts): what a waiter saw, and what the sweeper compares
+
+
+def state_of(row: Any) -> JobState:
+    """The part of a job row that waiters follow."""
+    return (_value(row.status), row.queue_reason, row.attempts)
+
+
 class Watch:
     """One waiter's registration: `wait` returns early once an announcement for its job arrived."""
 
     def __init__(self) -> None:
         self._event = threading.Event()  # gevent's own Event once gunicorn's gevent worker patched threading
+        self.state: JobState | None = None  # what the waiter last read (`saw`), for the sweeper
+
+    def saw(self, row: Any) -> None:
+        self.state = state_of(row)
 
     def wake(self) -> None:
         self._event.set()
@@ -123,6 +138,13 @@ class _Waiters:
         with self._lock:
             return sum(len(group) for group in self._by_job.values())
 
+    def snapshot(self) -> dict[str, list[Watch]]:
+        with self._lock:
+            return {job_id: list(group) for job_id, group in self._by_job.items()}
+
+
+StateReader = Callable[[list[str]], dict[str, JobState]]  # job ids -> their current state (missing: gone)
+
 
 class LocalJobEvents:
     """No Redis (embedded mode): changes made in this process wake its waiters at once, and every
@@ -141,13 +163,19 @@ class LocalJobEvents:
 
 
 class RedisJobEvents:
-    """Redis pub/sub: PUBLISH on `sfx:job:<id>`; one PSUBSCRIBE connection per process for its waiters."""
+    """Redis pub/sub: PUBLISH on `sfx:job:<id>`; one PSUBSCRIBE connection per process for its waiters,
+    and one sweeper that re-reads every watched job each `sweep_seconds` (one query) for what pub/sub lost."""
 
-    def __init__(self, url: str, recheck_seconds: float = 5.0, client_factory: Callable[..., Any] | None = None):
+    # A waiter's own timer: none to speak of, the subscriber and the sweeper wake it.
+    recheck_seconds = 3600.0
+
+    def __init__(self, url: str, sweep_seconds: float = 5.0, client_factory: Callable[..., Any] | None = None,
+                 states: StateReader | None = None):
         import redis
 
         self.url = url
-        self.recheck_seconds = recheck_seconds
+        self.sweep_seconds = sweep_seconds
+        self.states = states  # bound by the API (api/waiting.py); without it a sweep wakes every waiter
         self.waiters = _Waiters()
         self._factory = client_factory or redis.Redis.from_url
         self._publisher = None
@@ -193,6 +221,37 @@ class RedisJobEvents:
             self._listener_pid = os.getpid()
             self._listener = threading.Thread(target=self._listen, name="job-events", daemon=True)
             self._listener.start()
+            threading.Thread(target=self._sweep_forever, name="job-events-sweep", daemon=True).start()
+
+    def _sweep_forever(self) -> None:
+        pid = os.getpid()
+        while os.getpid() == pid:
+            time.sleep(self.sweep_seconds)
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.warning("job sweep failed", exc_info=True, extra={"event": "job_sweep_failed"})
+
+    def sweep(self) -> int:
+        """Wake the waiters whose job is no longer as they last read it; how many were woken."""
+        watched = self.waiters.snapshot()
+        if not watched:
+            return 0
+        if self.states is None:
+            self.waiters.wake_all()
+            return sum(len(group) for group in watched.values())
+        woken = 0
+        ids = list(watched)
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            current = self.states(chunk)
+            for job_id in chunk:
+                state = current.get(job_id)
+                for watch in watched[job_id]:
+                    if watch.state is not None and watch.state != state:
+                        watch.wake()
+                        woken += 1
+        return woken
 
     def _listen(self) -> None:
         pid = os.getpid()
@@ -282,6 +341,7 @@ def wait_until(events: JobEvents, job_id: uuid.UUID | str, read: Callable[[], Ro
     with events.watch(job_id) as watch:
         row = read()
         while not done(row):
+            watch.saw(row)
             remaining = deadline - clock()
             if remaining <= 0:
                 break

@@ -352,6 +352,32 @@ def test_with_redis_a_change_announced_by_another_process_wakes_the_waiter(redis
         thread.join(5)
 
 
+@pytest.fixture
+def sweeping_app(_migrated, database_url, tmp_path, encryption_key, redis_db):
+    yield from serve_app(make_environ(database_url, tmp_path / "instance", encryption_key,
+                                      REDIS_URL=TEST_REDIS_URL.format(db=redis_db), JOB_WAIT_RECHECK_SECONDS="0.5"))
+
+
+def test_with_redis_a_lost_announcement_is_made_up_by_the_sweep(sweeping_app):
+    server, thread = _serve(sweeping_app)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        headers = _register(base)
+        job_id, other_id = _submit(base, headers), _submit(base, headers)
+        waiter = Background(lambda: _wait_get(base, headers, job_id, "wait=30"))
+        bystander = Background(lambda: _wait_get(base, headers, other_id, "wait=4"))
+        time.sleep(1.0)
+        events = sweeping_app.extensions["sfx"].job_events
+        assert events.sweep() == 0  # nothing changed: nobody is woken (a sweep costs one query, no re-reads)
+        _set_unannounced(job_id, status=JobStatus.CANCELED, finished_at=utcnow())  # no announcement at all
+        response = waiter.result(timeout=20)
+        assert response.json()["status"] == "canceled" and waiter.elapsed < 20
+        assert bystander.result().json()["status"] == "queued"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
 def test_with_redis_the_apps_own_commits_are_announced_through_it(redis_app, redis_db):
     import redis
 
