@@ -6,6 +6,8 @@ Items (issue 6), each a ratio against a baseline measured in the same run:
   3. Pipeline overhead: submit -> `succeeded` minus the upstream call's own time, vs a bare Celery
      task round trip (bench/celery_ping.py) on the same Redis.
   4. Key-pool saturation: bench/keypool_saturation.py, `run(ctx) -> dict`, when present.
+  5. Waiting clients: bench/waiting.py (1,000 held waiters on one `gunicorn wsgi:app -w 1`: submit
+     throughput against none, RSS; wake-up latency at 100 waiters), run as it is, its JSON folded in.
 Baseline and target alternate in short rounds so drift (other load, caches) hits both alike. During
 items 1-2 no worker consumes (the API is measured alone; queued messages are purged afterwards).
 Everything listens on 127.0.0.1. Writes bench/results/latest.json, latest.png and latest.md.
@@ -208,7 +210,8 @@ class Bench:
         # for producers who have (the check reads the loaded user row, so it costs the submit nothing).
         with psycopg2.connect(self.db_url) as conn, conn.cursor() as cur:
             cur.execute("UPDATE users SET email_verified = true")
-        log(f"API on {self.base} ({self.args.gunicorn_workers} workers x {self.args.gunicorn_threads} threads), "
+        # gunicorn.conf.py makes them gevent workers: --threads is passed but means nothing to them.
+        log(f"API on {self.base} ({self.args.gunicorn_workers} gevent workers), "
             f"{len(self.users)} users, upstream latency {self.args.upstream_latency}s")
 
     @property
@@ -444,6 +447,19 @@ class Bench:
             f"{figure.get('floor_s')} s (ratio {figure.get('ratio')})")
         return figure
 
+    # -- item 5 --------------------------------------------------------------------------------------
+    def item5(self) -> dict:
+        """The waiting-clients figures: bench/waiting.py, run as it is (its own API process, -w 1)."""
+        out = self.work / "waiting.json"
+        done = subprocess.run([str(BIN / "python"), str(ROOT / "bench" / "waiting.py"), "--out", str(out),
+                               "--workdir", str(self.work / "waiting")], cwd=ROOT, env=os.environ.copy(),
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            return {"status": f"failed (exit {done.returncode})", "tail": done.stderr[-2000:]}
+        figure = json.loads(out.read_text())
+        log(f"item 5: {json.dumps(figure)}")
+        return figure
+
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> dict:
         started = datetime.now(timezone.utc)
@@ -467,6 +483,8 @@ class Bench:
                 self.results["item4_key_pool_saturation"] = self.item4()
             elif 4 in items:
                 self.results["item4_key_pool_saturation"] = {"status": "skipped (--skip-key-pool)"}
+            if 5 in items:
+                self.results["item5_waiting"] = self.item5()
         return {"run_id": self.run_id, "started": started.isoformat(), "load_average_at_end": os.getloadavg(),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "platform": platform.platform()},
@@ -551,6 +569,21 @@ def markdown_table(report: dict) -> str:
                     f"{k['floor_s']} s, ratio {k['ratio']}, upstream 429s {k.get('upstream_429')}")
     else:
         rows.append(f"4. key-pool saturation: {k.get('status')}")
+    w = r.get("item5_waiting", {})
+    a, b = w.get("item5a_held_waiters"), w.get("item5b_wake_latency")
+    if a:
+        rows.append(f"\n5a. {a['waiters']} waiters held ({a['sse']} SSE, {a['prefer_wait']} Prefer: wait=60) on one "
+                    f"`gunicorn wsgi:app -w 1`: POST /usage/generate at {a['submit_clients']} clients "
+                    f"{a['submit_rps_with_waiters']} rps against {a['submit_rps_without_waiters']} rps with none, "
+                    f"ratio {a['throughput_ratio']} (goal ≥ 0.9); API RSS {a['api_rss_mib_with_waiters']} MiB "
+                    f"(idle {a['api_rss_mib_idle']} MiB); database connections open "
+                    f"{a['db_connections_open_while_held']}")
+    if b:
+        rows.append(f"\n5b. wake-up at {b['waiters']} waiters, finished_at -> client: p50 {b['wake_p50_ms']} ms, "
+                    f"p99 {b['wake_p99_ms']} ms (goal p50 ≤ 20, p99 ≤ 100); of which finished_at -> announced "
+                    f"p50 {b['finished_to_announced_p50_ms']} / p99 {b['finished_to_announced_p99_ms']} ms, "
+                    f"announced -> client p50 {b['announced_to_client_p50_ms']} / p99 "
+                    f"{b['announced_to_client_p99_ms']} ms")
     return "\n".join(rows)
 
 
@@ -571,7 +604,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the API during items 1 and 2, the worker during item 3")
     ap.add_argument("--skip-key-pool", action="store_true", help="leave out item 4")
-    ap.add_argument("--items", type=int, nargs="+", choices=[1, 2, 3, 4], default=[1, 2, 3, 4],
+    ap.add_argument("--items", type=int, nargs="+", choices=[1, 2, 3, 4, 5], default=[1, 2, 3, 4, 5],
                     help="run only these items (a partial run still writes its outputs)")
     ap.add_argument("--workdir", help="logs and profiles (default /tmp/sfx-bench-<id>)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
