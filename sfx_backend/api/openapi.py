@@ -57,6 +57,8 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("post", "/auth/device/code"): "startDeviceSignIn", ("post", "/auth/device/token"): "pollDeviceSignIn",
     ("post", "/auth/device/approve"): "approveDevice", ("post", "/auth/device/deny"): "denyDevice",
     ("get", "/device"): "deviceApprovalPage",
+    ("post", "/console/auth/login"): "consoleSignIn", ("post", "/console/auth/register"): "consoleSignUp",
+    ("post", "/console/auth/refresh"): "consoleRefresh", ("post", "/console/auth/logout"): "consoleSignOut",
     ("get", "/user/profile"): "getProfile", ("put", "/user/profile"): "updateProfile",
     ("delete", "/user/account"): "deleteAccount",
     ("post", "/usage/generate"): "generateSound", ("post", "/jobs"): "createJob",
