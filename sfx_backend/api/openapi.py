@@ -73,6 +73,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("get", "/admin/audit"): "adminAuditTrail", ("get", "/admin/api-keys"): "adminListApiKeys",
     ("post", "/admin/api-keys"): "adminAddApiKey", ("patch", "/admin/api-keys/{key_id}"): "adminUpdateApiKey",
     ("post", "/admin/api-keys/{key_id}/check"): "adminCheckApiKey", ("get", "/admin/jobs/{job_id}"): "adminGetJob",
+    ("get", "/admin/jobs/overview"): "adminJobsOverview",
     ("get", "/subscription/plans"): "listPlans", ("get", "/subscription/current"): "getSubscription",
     ("post", "/subscription/create"): "createSubscription", ("put", "/subscription/upgrade"): "changePlan",
     ("post", "/subscription/cancel"): "cancelSubscription", ("get", "/subscription/invoices"): "listInvoices",

@@ -98,8 +98,9 @@ def register(body):
 @blp.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True, locations=["cookies"])
 @blp.response(200, SignedInSchema)
-@blp.doc(security=REFRESH_COOKIE, description="Rotates the session's tokens (as POST /auth/refresh) from the refresh cookie; needs "
-                     "`X-CSRF-TOKEN` = the `csrf_refresh_token` cookie. " + COOKIE_DOC)
+@blp.doc(security=REFRESH_COOKIE, description=(
+    "Rotates the session's tokens (as POST /auth/refresh) from the refresh cookie; needs "
+    "`X-CSRF-TOKEN` = the `csrf_refresh_token` cookie. " + COOKIE_DOC))
 @problem_responses(blp, 401)
 def refresh():
     """New cookies for the same session."""
@@ -113,7 +114,8 @@ def refresh():
 @blp.route("/logout", methods=["POST"])
 @jwt_required(locations=["cookies"])
 @blp.response(200, MessageSchema)
-@blp.doc(security=ACCESS_COOKIE, description="Ends the browser's session (as POST /auth/logout) and clears the cookies.")
+@blp.doc(security=ACCESS_COOKIE,
+         description="Ends the browser's session (as POST /auth/logout) and clears the cookies.")
 @problem_responses(blp, 401)
 def logout():
     """Sign the browser out: its session ends, its cookies are cleared."""
