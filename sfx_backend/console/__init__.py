@@ -20,7 +20,7 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 
 PRODUCER_PAGES = [("home", "/", "This period"), ("generate", "/generate", "Generate"),
                   ("history", "/history", "History"), ("sessions", "/sessions", "Sessions"),
-                  ("billing", "/billing", "Billing"), ("device", "/device", "Approve a device")]
+                  ("billing", "/billing", "Billing"), ("device", "/device", "Device")]
 ADMIN_PAGES = [("admin_keys", "/admin/keys", "Key pool"), ("admin_jobs", "/admin/jobs", "Jobs"),
                ("admin_usage", "/admin/usage", "Usage and revenue"), ("admin_users", "/admin/users", "Users")]
 

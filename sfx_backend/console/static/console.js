@@ -153,7 +153,9 @@
           if (!(key in used)) { return; }
           if (g.status === "succeeded") { used[key] += 1; } else if (g.status === "queued" || g.status === "running") { reserved[key] += 1; }
         });
-        var running = 0, cumulative = keys.map(function (k) { running += used[k] + reserved[k]; return running; });
+        // The running total stops at today; the limit spans the whole period.
+        var today = new Date().toISOString().slice(0, 10), running = 0;
+        var cumulative = keys.map(function (k) { running += used[k] + reserved[k]; return k <= today ? running : null; });
         chart("usage-chart", {type: "bar", data: {labels: labels, datasets: [
           {label: "Used", data: keys.map(function (k) { return used[k]; }), backgroundColor: COLORS.used, stack: "day", order: 2},
           {label: "Reserved", data: keys.map(function (k) { return reserved[k]; }), backgroundColor: COLORS.reserved, stack: "day", order: 2},
