@@ -335,9 +335,10 @@
   function billing() {
     var back = window.location.origin + "/console/billing";
     api("GET", "/subscription/current").then(function (sub) {
-      var line = sub && sub.plan ? "Plan: " + sub.plan + " (" + (sub.status || "") + ")" +
+      var line = sub.status === "none" ? "No subscription: the trial allowance of " + sub.monthly_limit +
+        " generations applies. Choose a plan below." : "Plan: " + sub.plan + " (" + (sub.status || "") + ")" +
         (sub.current_period_end ? " · renews " + day(sub.current_period_end) : "") +
-        (sub.cancel_at_period_end ? " · ends at the period's end" : "") : "No subscription: the trial allowance applies.";
+        (sub.cancel_at_period_end ? " · ends at the period's end" : "");
       $("sub-line").textContent = line;
     }).catch(function (e) { $("sub-line").textContent = e.status === 404 ? "No subscription: the trial allowance applies." : e.message; });
     api("GET", "/subscription/plans").then(function (res) {
@@ -356,7 +357,7 @@
     }).catch(function (e) { showError(e); });
     api("GET", "/subscription/invoices").then(function (res) {
       var tbody = $("invoices-table").tBodies[0];
-      var items = res.items || [];
+      var items = res.invoices || res.items || [];
       if (!items.length) { tbody.appendChild(el("tr", {}, [el("td", {colspan: "4", text: "No invoices yet."})])); }
       items.forEach(function (inv) {
         var link = inv.hosted_invoice_url || inv.url || inv.invoice_pdf;
