@@ -13,10 +13,12 @@ RUNTIME_LOCK := requirements/runtime.lock
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--no-header --annotation-style line
 
-.PHONY: help install lock demo lint test test-fast services migrate api worker beat flower bench clean
+.PHONY: help install lock demo console assets lint test test-fast services migrate api worker beat flower bench clean
 
 help:
 	@echo "make demo    - run the whole flow on embedded defaults (no servers needed), audio into ./out/"
+	@echo "make console - the demo, then keep it running and open the console it prints"
+	@echo "make assets  - re-fetch the console's vendored front-end packages (npm registry, pinned)"
 	@echo "make test    - the linter, then the whole suite against PostgreSQL, Redis and a real S3 server"
 	@echo "make lint    - ruff (its rules are in pyproject.toml)"
 	@echo "make bench   - the performance bench (see bench/README.md)"
@@ -40,7 +42,16 @@ lock: $(STAMP)
 	$(UV_COMPILE) --constraint $(DEV_LOCK) pyproject.toml -o $(RUNTIME_LOCK)
 
 demo: $(STAMP)
-	$(BIN)/python -m sfx_backend.demo
+	$(BIN)/python -m sfx_backend.demo $(DEMO_ARGS)
+
+# The demo, then the API and worker stay up so the console can be tried (Ctrl-C stops them).
+console: $(STAMP)
+	$(BIN)/python -m sfx_backend.demo --keep
+
+# The console's front-end packages (Chart.js), fetched from the npm registry and checked against the
+# pinned integrity; the output in sfx_backend/console/static/vendor/ is committed (no Node needed).
+assets:
+	bash scripts/console-assets.sh
 
 services:
 	@bash scripts/ensure-services.sh

@@ -1,6 +1,8 @@
 """JWT wiring: token pairs bound to a login session of their subject, and every JWT failure as a 401 problem."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from datetime import datetime
 from functools import wraps
@@ -20,6 +22,10 @@ def _unauthorized(detail: str):
 
 @jwt.unauthorized_loader
 def _missing(reason: str):
+    if "CSRF" in reason:  # a cookie-borne request (the console) without its X-CSRF-TOKEN header
+        return problem(401, "unauthorized", "Unauthorized",
+                       "This request rides on the console's cookies: repeat the csrf_access_token cookie's "
+                       "value in the X-CSRF-TOKEN header (or send a bearer token instead).")
     return _unauthorized("A bearer token is required: send `Authorization: Bearer <access token>`.")
 
 
@@ -83,6 +89,14 @@ def _is_revoked(header: dict, payload: dict) -> bool:
     return False
 
 
+def csrf_value(jti: str) -> str:
+    """The double-submit value bound to one token (its `csrf` claim and the console's CSRF cookie):
+    derived from the token's jti with the signing secret, so it is not random (a pair is rebuilt
+    identically) yet cannot be guessed from anything a cross-site page can see."""
+    key = current_app.config["JWT_SECRET_KEY"].encode()
+    return hmac.new(key, b"csrf:" + str(jti).encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def tokens_for(session: AuthSession) -> dict[str, str]:
     """The session's current token pair. Built only from what the row holds, so building it again
     (a just-rotated token presented within the grace) gives the very same two tokens."""
@@ -90,10 +104,11 @@ def tokens_for(session: AuthSession) -> dict[str, str]:
     common = {"sid": str(session.id), "iat": issued, "nbf": issued}
     access_exp = issued + int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds())
     identity = str(session.user_id)
-    access = create_access_token(identity=identity,
-                                 additional_claims={**common, "jti": session.access_jti, "exp": access_exp})
+    access = create_access_token(identity=identity, additional_claims={
+        **common, "jti": session.access_jti, "exp": access_exp, "csrf": csrf_value(session.access_jti)})
     refresh = create_refresh_token(identity=identity, additional_claims={
-        **common, "jti": session.refresh_jti, "exp": int(session.expires_at.timestamp())})
+        **common, "jti": session.refresh_jti, "exp": int(session.expires_at.timestamp()),
+        "csrf": csrf_value(session.refresh_jti)})
     return {"access_token": access, "refresh_token": refresh}
 
 

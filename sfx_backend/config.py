@@ -230,10 +230,21 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_SECRET_KEY": jwt_secret,
         "JWT_ACCESS_TOKEN_EXPIRES": parse_duration(env.get("JWT_EXPIRES_IN") or "15m"),
         "JWT_REFRESH_TOKEN_EXPIRES": parse_duration(env.get("JWT_REFRESH_EXPIRES_IN") or "30d"),
-        "JWT_TOKEN_LOCATION": ["headers"],
-        # Tokens travel only in the Authorization header, so a cookie CSRF claim protects nothing; without
-        # it a token pair is a function of its session row alone (see auth.tokens_for).
-        "JWT_COOKIE_CSRF_PROTECT": False,
+        # API clients send `Authorization: Bearer`; the console (a browser) holds the same tokens in
+        # HttpOnly cookies. A request with the header is judged by the header alone (no CSRF check); one
+        # that rides on the cookies must repeat the CSRF cookie's value in X-CSRF-TOKEN (double submit).
+        # The csrf claim is derived from the token's jti (auth.tokens_for): a pair stays a function of
+        # its session row alone.
+        "JWT_TOKEN_LOCATION": ["headers", "cookies"],
+        "JWT_COOKIE_CSRF_PROTECT": True,
+        "JWT_CSRF_CHECK_FORM": False,  # the header only: a cross-site form can never set it
+        "JWT_COOKIE_SECURE": _bool(env.get("COOKIE_SECURE"), app_env != "development"),
+        "JWT_COOKIE_SAMESITE": "Lax",
+        "JWT_ACCESS_COOKIE_PATH": "/",
+        # The refresh cookie goes to the console's refresh route and nowhere else.
+        "JWT_REFRESH_COOKIE_PATH": "/console/auth/refresh",
+        "JWT_ACCESS_CSRF_COOKIE_PATH": "/",
+        "JWT_REFRESH_CSRF_COOKIE_PATH": "/console",
         "JWT_ALGORITHM": "HS256",
         "JWT_DECODE_ALGORITHMS": ["HS256"],
         # A just-rotated refresh token presented again this soon gets the same new pair (a client that

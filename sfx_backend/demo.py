@@ -5,7 +5,8 @@
 What it does, printing each step: migrates the database, picks a port, starts the API (gunicorn)
 and a worker (celery, threads pool) as child processes, waits until the API is ready, registers
 (or logs in) a demo user, submits a generation, polls it, downloads the audio into `./out/`, prints
-the usage counters, and finally stops both children (also on Ctrl-C).
+the usage counters and the console's address with the demo sign-in (checked against the console),
+and finally stops both children (also on Ctrl-C); `--keep` leaves them running for the console.
 
 Directories: the children run with `cwd` = the application directory (the one holding `wsgi.py`
 and `workers/`; computed from this package's location, or `--app-dir`), because `flask --app wsgi`,
@@ -363,7 +364,16 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
     usage = client.usage()
     printer.info(f"{email}: plan {usage['plan']}, used {usage['used']}, reserved {usage['reserved']}, "
                  f"remaining {usage['remaining']} of {usage['monthly_limit']}")
+    signed_in = requests.post(f"{base_url}/console/auth/login", json={"email": email, "password": DEMO_PASSWORD},
+                              timeout=10)
+    if signed_in.status_code != 200 or "access_token_cookie" not in signed_in.cookies:
+        raise DemoFailed(f"the console's sign-in answered {signed_in.status_code}: {signed_in.text[:200]}")
+    printer.info(f"console: {base_url}/console/  sign in with {email} / {DEMO_PASSWORD} (checked)")
     printer.done()
+    if args.keep:
+        printer.info("--keep: the API and worker stay up for the console; Ctrl-C stops them")
+        while api.exited is None and worker.exited is None:
+            time.sleep(0.5)
     return 0 if size > 0 else 1
 
 
@@ -413,6 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="directory holding wsgi.py and workers/ (default: next to this package)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the job")
     parser.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for startup")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the API and worker running afterwards (for the console) until Ctrl-C")
     return parser.parse_args(argv)
 
 

@@ -26,3 +26,5 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from . import subscription, webhooks  # billing: plans, checkout, Stripe events
     for module in (subscription, webhooks):
         api.register_blueprint(module.blp)
+    from ..console import register_console  # the web console: pages, and its cookie sign-in routes
+    register_console(app, api)

@@ -5,6 +5,7 @@ import uuid
 
 from flask import current_app, g, request
 from flask_jwt_extended import current_user
+from marshmallow import Schema, fields
 
 from .. import plans, wiring
 from ..auth import admin_required
@@ -106,3 +107,53 @@ def audit_log(query):
     items, total = audit.entries(db.session, query["page"], query["per_page"], action=query["action"],
                                  actor_id=query["actor_id"], target_id=query["target_id"])
     return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
+
+
+class _HourSchema(Schema):
+    hour = fields.DateTime(required=True, metadata={"description": "Start of the hour (UTC)."})
+    queued = fields.Integer(required=True)
+    running = fields.Integer(required=True)
+    succeeded = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    canceled = fields.Integer(required=True)
+
+
+class _TotalsSchema(_HourSchema):
+    class Meta:
+        exclude = ("hour",)
+
+
+class _WaitingSchema(Schema):
+    id = fields.UUID(required=True)
+    created_at = fields.DateTime(required=True)
+    queue_reason = fields.String(required=True, allow_none=True)
+
+
+class _FailureSchema(Schema):
+    id = fields.UUID(required=True)
+    finished_at = fields.DateTime(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True, metadata={"example": "upstream_unavailable"})
+    message = fields.String(required=True, allow_none=True)
+
+
+class JobsOverviewSchema(Schema):
+    date_from = fields.DateTime(data_key="from", required=True)
+    date_to = fields.DateTime(data_key="to", required=True)
+    hours = fields.List(fields.Nested(_HourSchema), required=True, metadata={
+        "description": "The last 24 hours, oldest first: jobs created in that hour, by their status now."})
+    totals = fields.Nested(_TotalsSchema, required=True)
+    queued_now = fields.Integer(required=True, metadata={"description": "Jobs waiting now, whenever created."})
+    oldest_queued = fields.Nested(_WaitingSchema, required=True, allow_none=True)
+    recent_failures = fields.List(fields.Nested(_FailureSchema), required=True,
+                                  metadata={"description": "The 20 latest failed jobs, newest first."})
+
+
+@blp.route("/jobs/overview", methods=["GET"])
+@admin_required
+@blp.response(200, JobsOverviewSchema)
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 403)
+def jobs_overview():
+    """Jobs by status per hour over the last 24 hours, the queue's oldest waiting job, recent failures."""
+    from ..services import job_overview
+    return job_overview.overview(db.session, runtime().clock())

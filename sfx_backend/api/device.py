@@ -1,23 +1,14 @@
-"""Device sign-in (RFC 8628): POST /auth/device/code, /token, /approve, /deny, and the page at /device
-where a person approves a code.
+"""Device sign-in (RFC 8628): POST /auth/device/code, /token, /approve, /deny.
 
-The page (`verification_uri`) is one self-contained HTML document: its style and script are inline,
-allowed by their hashes in a strict Content-Security-Policy (nothing else may load, it may only talk
-to this origin, it cannot be framed). The API is bearer-token based and has no browser session, so the
-page signs the person in with email and password by calling POST /auth/login from its own script,
-approves or denies with the access token, then logs that session out. The token lives only in a
-variable of the script for those few requests: never in localStorage, a cookie or the URL, so nothing
-is left behind in the browser, and a page without cookies cannot be driven by another site (no CSRF).
+A person approves a code in the console's device view (`verification_uri`, /console/device): signed
+in there with the console's cookies, the view calls POST /auth/device/approve like any client, with the
+CSRF header the cookies require. /device, the address of the earlier page, redirects there.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-
-from flask import current_app, make_response, render_template
+from flask import current_app, redirect, url_for
 from flask_jwt_extended import current_user, get_jwt_identity, jwt_required
 from flask_limiter.util import get_remote_address
-from markupsafe import Markup
 from marshmallow import Schema, fields, validate
 
 from .. import wiring
@@ -65,9 +56,10 @@ class DeviceCodeSchema(Schema):
     device_code = fields.String(required=True, metadata={"description": "Secret: poll /auth/device/token with it."})
     user_code = fields.String(required=True, metadata={"example": "BCDF-GHJK",
                                                        "description": "Show it to the person."})
-    verification_uri = fields.String(required=True, metadata={"example": "http://localhost:3000/device"})
+    verification_uri = fields.String(required=True, metadata={"example": "http://localhost:3000/console/device"})
     verification_uri_complete = fields.String(required=True, metadata={
-        "example": "http://localhost:3000/device?code=BCDF-GHJK", "description": "The page with the code filled in."})
+        "example": "http://localhost:3000/console/device?code=BCDF-GHJK",
+        "description": "The page with the code filled in."})
     expires_in = fields.Integer(required=True, metadata={"example": 900})
     interval = fields.Integer(required=True, metadata={"example": 5, "description": "Seconds between polls."})
 
@@ -169,74 +161,7 @@ def deny(body):
     return _decision("deny", body)
 
 
-# -- the page a person opens (verification_uri) --------------------------------------------------
-_PAGE_CSS = ("body{margin:0;padding:48px 16px;background:#f4f4f6;color:#1d1d1f;"
-             "font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif}"
-             "main{max-width:420px;margin:0 auto;background:#fff;border-radius:8px;padding:28px}"
-             "h1{font-size:22px;margin:0 0 16px}label{display:block;margin:12px 0 4px;font-size:14px}"
-             "input{box-sizing:border-box;width:100%;padding:8px;font-size:16px}"
-             "#user_code{letter-spacing:3px;text-transform:uppercase;font-family:monospace}"
-             "button{margin:16px 8px 0 0;padding:8px 16px;font-size:15px}"
-             "#status{min-height:1.5em;margin-top:16px}#status[data-state=error]{color:#b00020}")
-
-_PAGE_JS = """"use strict";
-(function () {
-  var form = document.getElementById("device-form");
-  var out = document.getElementById("status");
-  function say(text, state) { out.textContent = text; out.setAttribute("data-state", state); }
-  function post(path, body, token) {
-    var headers = {"Content-Type": "application/json", "Accept": "application/json"};
-    if (token) { headers.Authorization = "Bearer " + token; }
-    return fetch(path, {method: "POST", headers: headers, body: JSON.stringify(body), credentials: "omit",
-                        cache: "no-store", redirect: "error"})
-      .then(function (r) {
-        return r.json().catch(function () { return {}; }).then(function (data) { return {ok: r.ok, data: data}; });
-      });
-  }
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var action = (event.submitter && event.submitter.value) === "deny" ? "deny" : "approve";
-    var email = form.elements.email.value, password = form.elements.password.value;
-    var code = form.elements.user_code.value;
-    var token = null; // in this closure only, for the next few requests; never stored
-    say("Signing in\\u2026", "busy");
-    post("/auth/login", {email: email, password: password, client_name: "Device approval page"})
-      .then(function (login) {
-        if (!login.ok) { throw new Error(login.data.detail || "Sign-in failed."); }
-        token = login.data.access_token;
-        return post("/auth/device/" + action, {user_code: code}, token);
-      })
-      .then(function (res) {
-        if (!res.ok) { throw new Error(res.data.detail || "The code was not accepted."); }
-        say(res.data.message + " You can close this page.", action === "approve" ? "approved" : "denied");
-      })
-      .catch(function (err) { say(err.message, "error"); })
-      .then(function () {
-        if (token) { post("/auth/logout", {}, token).catch(function () {}); }
-        token = null;
-        form.elements.password.value = "";
-      });
-  });
-})();
-"""
-
-
-def _hash(text: str) -> str:
-    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
-
-
-_PAGE_HEADERS = {
-    # Nothing may load; the inline style and script run by their hashes; requests go to this origin only.
-    "Content-Security-Policy": f"default-src 'none'; style-src 'sha256-{_hash(_PAGE_CSS)}'; "
-                               f"script-src 'sha256-{_hash(_PAGE_JS)}'; connect-src 'self'; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",  # the URL may hold the user code
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
+# -- the page a person opens --------------------------------------------------------------------
 class PageQuerySchema(Schema):
     code = fields.String(load_default=None, validate=validate.Length(max=32),
                          metadata={"description": "The user code, pre-filled (verification_uri_complete)."})
@@ -245,19 +170,11 @@ class PageQuerySchema(Schema):
 @blp.route("/device", methods=["GET"])
 @limiter.limit(PAGES_PER_IP, key_func=_client_ip)
 @blp.arguments(PageQuerySchema, location="query")
-@blp.doc(responses={"200": {"description": "The approval page (self-contained HTML).",
-                            "content": {"text/html": {"schema": {"type": "string"}}}}})
+@blp.doc(responses={"302": {"description": "To the console's device view (`verification_uri`), code kept.",
+                            "headers": {"Location": {"schema": {"type": "string"}}}}})
 @problem_responses(blp, 422, 429)
 def page(query):
-    """The page where a person signs in and approves (or denies) a device's code."""
+    """The earlier approval address: now the console's device view, where a signed-in person approves."""
     code = devices.normalize_user_code(query.get("code"))
-    waiting = _service().pending(code) if code else None
-    html = render_template("pages/device.html", css=_PAGE_CSS, js=Markup(_PAGE_JS),
-                           user_code=devices.display_user_code(code) if code else "",
-                           client_name=waiting.client_name if waiting is not None else None,
-                           waiting=waiting is not None)
-    response = make_response(html, 200)
-    response.mimetype = "text/html"
-    response.headers.update(_PAGE_HEADERS)
-    return response
-
+    target = url_for("console.device", code=devices.display_user_code(code)) if code else url_for("console.device")
+    return redirect(target, 302)

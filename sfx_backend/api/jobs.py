@@ -136,7 +136,8 @@ def generate(body):
 @problem_responses(blp, 401, 422)
 def list_jobs(query):
     """The caller's jobs, newest first."""
-    items, total = _service().list(current_user.id, query["page"], query["per_page"], query["status"])
+    items, total = _service().list(current_user.id, query["page"], query["per_page"], query["status"],
+                                   query.get("q"))
     return {"items": [serialize_job(j) for j in items], "page": query["page"],
             "per_page": query["per_page"], "total": total}
 

@@ -35,7 +35,7 @@ MAX_DEVICE_CODE_CHARS = 128
 EXPIRES_IN = timedelta(seconds=900)
 INTERVAL_SECONDS = 5
 SLOW_DOWN_STEP_SECONDS = 5  # RFC 8628 section 3.5
-VERIFICATION_PATH = "/device"
+VERIFICATION_PATH = "/console/device"
 # Rows past expiry are kept a day (a late poll still hears `expired_token` for its own code), then purged.
 KEEP_EXPIRED = timedelta(days=1)
 
@@ -94,7 +94,7 @@ def display_user_code(code: str) -> str:
 
 
 def verification_uri(api_base_url: str) -> str:
-    """The page where a person approves a code: API_BASE_URL + /device."""
+    """The console view where a person approves a code: API_BASE_URL + /console/device."""
     return api_base_url.rstrip("/") + VERIFICATION_PATH
 
 

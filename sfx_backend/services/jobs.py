@@ -180,11 +180,15 @@ class JobService:
         return job
 
     def list(self, user_id: uuid.UUID, page: int, per_page: int,
-             status: str | None = None) -> tuple[list[Job], int]:
-        """The caller's jobs, newest first, one page at a time."""
+             status: str | None = None, prompt: str | None = None) -> tuple[list[Job], int]:
+        """The caller's jobs, newest first, one page at a time; `prompt`: only those whose prompt
+        contains it (case-insensitive)."""
         query = sa.select(Job).where(Job.user_id == user_id)
         if status:
             query = query.where(Job.status == JobStatus(status))
+        if prompt:
+            escaped = prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(Job.prompt.ilike(f"%{escaped}%", escape="\\"))
         total = self.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
         items = self.session.scalars(
             query.order_by(Job.created_at.desc(), Job.id.desc()).offset((page - 1) * per_page).limit(per_page)

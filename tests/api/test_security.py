@@ -34,7 +34,9 @@ PUBLIC = {("post", "/auth/register"), ("post", "/auth/login"), ("get", "/subscri
           ("get", "/auth/email/verify"), ("post", "/auth/email/verify"),  # the emailed token is the credential
           # Device sign-in: the device has no token yet (the device code is its credential), and the
           # approval page signs the person in from its own script.
-          ("post", "/auth/device/code"), ("post", "/auth/device/token"), ("get", "/device")}
+          ("post", "/auth/device/code"), ("post", "/auth/device/token"), ("get", "/device"),
+          # The console's sign-in and sign-up (cookies out, like /auth/login and /auth/register).
+          ("post", "/console/auth/login"), ("post", "/console/auth/register")}
 
 
 def operations(client) -> list[tuple[str, str]]:

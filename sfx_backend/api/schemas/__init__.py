@@ -139,6 +139,8 @@ class PageQuerySchema(Schema):
 class JobListQuerySchema(PageQuerySchema):
     status = fields.String(load_default=None,
                            validate=validate.OneOf(["queued", "running", "succeeded", "failed", "canceled"]))
+    q = Text(load_default=None, validate=validate.Length(min=1, max=200),
+             metadata={"description": "Only jobs whose prompt contains this (case-insensitive)."})
 
 
 class JobPageSchema(Schema):

@@ -1,0 +1,288 @@
+"""The console in a real browser (Debian's chromium, headless): sign-in, usage chart, generate and listen,
+history, sessions, device approval, the admin key pool, and its safety (CSRF, no admin view for
+producers, no console errors, nothing fetched from another origin).
+
+`CONSOLE_SCREENSHOTS=1` saves a picture of each main view into docs/console/ (see docs/console.md).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import requests
+
+from sfx_backend.extensions import db
+from sfx_backend.models import User, UserRole
+from tests.e2e.conftest import chrome, requested_urls, screenshot, severe_console_entries
+from tests.support.pipeline import free_port
+
+pytestmark = pytest.mark.slow
+PASSWORD = "correct horse battery"
+WAIT = 20
+
+
+def register(base: str, email: str | None = None) -> dict:
+    email = email or f"console-{uuid.uuid4().hex[:8]}@example.com"
+    response = requests.post(f"{base}/auth/register", json={"email": email, "password": PASSWORD,
+                                                            "client_name": "SFX Plugin (Live 12)"}, timeout=10)
+    assert response.status_code == 201, response.text
+    return {"email": email, **response.json()}
+
+
+def settled(base: str, account: dict, used: int) -> None:
+    """Wait until the account's generations so far have finished (the jobs run in a thread)."""
+    import time
+    deadline = time.monotonic() + WAIT
+    while requests.get(f"{base}/usage/current", headers=bearer(account), timeout=5).json()["used"] < used:
+        assert time.monotonic() < deadline, "the jobs did not finish"
+        time.sleep(0.2)
+
+
+def bearer(account: dict) -> dict:
+    return {"Authorization": f"Bearer {account['access_token']}"}
+
+
+def make_admin(account: dict) -> None:
+    db.session.query(User).filter_by(email=account["email"]).update({"role": UserRole.ADMIN})
+    db.session.commit()
+
+
+def wait(driver, condition, timeout: float = WAIT):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+    try:
+        return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+    except TimeoutException:  # say what the page said
+        raise AssertionError(f"timed out at {driver.current_url}: console {driver.get_log('browser')}; "
+                             f"text: {driver.find_element('tag name', 'body').text[:600]!r}") from None
+
+
+def by_id(driver, element_id: str):
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.ID, element_id)
+
+
+def css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def sign_in(driver, base: str, email: str, password: str = PASSWORD, path: str = "/console/") -> None:
+    driver.get(base + path)
+    wait(driver, lambda d: "/console/login" in d.current_url)
+    by_id(driver, "email").send_keys(email)
+    by_id(driver, "password").send_keys(password)
+    css(driver, "#login-form button[type=submit]")[0].click()
+
+
+def assert_clean(driver, base: str) -> None:
+    """No error in the browser's console, and every request went to the app's own origin."""
+    severe = severe_console_entries(driver)
+    assert severe == [], [entry["message"] for entry in severe]
+    # chromium's own pages (chrome://, the start page) are not the network; anything else must be the app.
+    network = [url for url in requested_urls(driver) if url.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+    assert any(url.startswith(base + "/console/static/") for url in network)
+    foreign = [url for url in network if not url.startswith(base + "/")]
+    assert foreign == [], foreign
+
+
+def test_a_wrong_password_shows_the_problems_detail_and_signs_nothing_in(browser, console_url):
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], "not the password")
+    error = by_id(browser, "form-error")
+    wait(browser, lambda d: error.text != "")
+    expected = requests.post(f"{console_url}/auth/login", json={"email": account["email"], "password": "x" * 12},
+                             timeout=5).json()["detail"]
+    assert error.text == expected
+    assert "/console/login" in browser.current_url
+    assert browser.get_cookie("access_token_cookie") is None
+    screenshot(browser, "sign-in-error")
+
+
+def test_a_producer_sees_usage_generates_listens_and_browses_history(browser, console_url):
+    account = register(console_url)
+    for prompt in ("rain on a tin roof", "distant thunder"):
+        assert requests.post(f"{console_url}/usage/generate", json={"prompt": prompt}, headers=bearer(account),
+                             timeout=5).status_code == 202
+    settled(console_url, account, 2)
+    sign_in(browser, console_url, account["email"])
+
+    # This period: the figures and the chart, drawn from the two generations.
+    wait(browser, lambda d: by_id(d, "usage-chart").get_attribute("data-rendered") == "2")
+    wait(browser, lambda d: by_id(d, "u-used").text == "2")
+    assert by_id(browser, "u-limit").text == "10" and by_id(browser, "u-remaining").text == "8"
+    assert browser.execute_script("return Chart.getChart('usage-chart').data.datasets.length") == 4
+    assert "renews" in by_id(browser, "plan-line").text
+    cookies = {c["name"]: c for c in browser.get_cookies()}
+    assert cookies["access_token_cookie"]["httpOnly"] and browser.execute_script(
+        "return [localStorage.length, sessionStorage.length, document.cookie.indexOf('access_token_cookie')]") == \
+        [0, 0, -1]
+    screenshot(browser, "home")
+
+    # Generate: live status, then the sound plays, all without a reload.
+    browser.get(console_url + "/console/generate")
+    by_id(browser, "prompt").send_keys("heavy wooden door slam, reverb tail")
+    by_id(browser, "duration_seconds").send_keys("2")
+    browser.execute_script("window.stillHere = true")
+    by_id(browser, "generate-button").click()
+    seen = set()
+
+    def finished(d):
+        seen.add(d.execute_script("return document.getElementById('job-status').getAttribute('data-status')"))
+        return "succeeded" in seen
+    wait(browser, finished)
+    assert seen & {"queued", "running"}, seen  # the status was shown live before the end
+    wait(browser, lambda d: d.execute_script("var a = document.querySelector('#job-result audio');"
+                                             "return a && a.readyState >= 1 && a.duration > 0"))
+    assert browser.execute_script("return window.stillHere") is True
+    assert browser.execute_script("return document.querySelector('#job-result audio').play()"
+                                  ".then(function () { return 'playing'; })") == "playing"
+    screenshot(browser, "generate")
+
+    # History: newest first, searchable, each sound playable (its audio answers 200).
+    browser.get(console_url + "/console/history")
+    wait(browser, lambda d: len(css(d, "#history-list > li")) == 3)
+    prompts = [el.text for el in css(browser, "#history-list .prompt")]
+    assert prompts[0] == "heavy wooden door slam, reverb tail" and set(prompts[1:]) == {"rain on a tin roof",
+                                                                                        "distant thunder"}
+    first_audio = browser.execute_script("var a = document.querySelector('#history-list audio'); a.play();"
+                                         "return a.getAttribute('src')")
+    wait(browser, lambda d: d.execute_script("return document.querySelector('#history-list audio').readyState") >= 2)
+    answer = browser.execute_async_script(
+        "var done = arguments[arguments.length - 1]; fetch(arguments[0], {cache: 'no-store'}).then(function (r) {"
+        " done([r.status, r.headers.get('content-type'), r.redirected]); });", first_audio)
+    assert answer[0] == 200 and answer[1].startswith("audio/") and answer[2] is True
+    screenshot(browser, "history")
+    by_id(browser, "q").send_keys("THUNDER")
+    by_id(browser, "q").submit()
+    wait(browser, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('#history-list .prompt')).map(function (e) {"
+        " return e.textContent; })") == ["distant thunder"])
+
+    browser.get(console_url + "/console/billing")
+    wait(browser, lambda d: len(css(d, "#plans button[data-plan]")) == 3 and "trial" in by_id(d, "sub-line").text)
+    screenshot(browser, "billing")
+    assert_clean(browser, console_url)
+
+
+def test_ending_a_session_in_the_console_logs_that_plugin_out(browser, console_url):
+    account = register(console_url)  # the plugin's session (SFX Plugin (Live 12)), bearer tokens
+    assert requests.get(f"{console_url}/auth/verify", headers=bearer(account), timeout=5).status_code == 200
+    sign_in(browser, console_url, account["email"], path="/console/sessions")
+    wait(browser, lambda d: len(css(d, "#sessions-table tbody tr")) == 2)
+    screenshot(browser, "sessions")
+    plugin = [row for row in css(browser, "#sessions-table tbody tr") if "SFX Plugin (Live 12)" in row.text][0]
+    plugin.find_element("css selector", "button").click()
+    wait(browser, lambda d: len(css(d, "#sessions-table tbody tr")) == 1)
+    assert requests.get(f"{console_url}/auth/verify", headers=bearer(account), timeout=5).status_code == 401
+    # Ending its own session signs the browser out.
+    css(browser, "#sessions-table tbody button")[0].click()
+    wait(browser, lambda d: "/console/login" in d.current_url)
+    browser.get(console_url + "/console/")
+    wait(browser, lambda d: "/console/login" in d.current_url)
+
+
+def test_an_admin_sees_the_key_pool_and_disables_a_key(browser, console_url):
+    admin = register(console_url)
+    make_admin(admin)
+    for name in ("primary", "backup"):
+        added = requests.post(f"{console_url}/admin/api-keys", json={"name": name, "key": f"sk_test_{name}_0123456789"},
+                              headers=bearer(admin), timeout=5)
+        assert added.status_code == 201, added.text
+    for prompt in ("glass shatter", "laser zap", "crowd cheer"):
+        requests.post(f"{console_url}/usage/generate", json={"prompt": prompt}, headers=bearer(admin), timeout=5)
+    settled(console_url, admin, 3)
+    sign_in(browser, console_url, admin["email"], path="/console/admin/keys")
+    wait(browser, lambda d: len(css(d, "#keys-table tbody tr[data-key]")) == 2)
+    rows = {row.get_attribute("data-key"): row for row in css(browser, "#keys-table tbody tr[data-key]")}
+    assert rows["primary"].get_attribute("data-status") == "active" and "0 / 2" in rows["primary"].text
+    assert "sk_test_primary_0123456789" not in browser.page_source
+    screenshot(browser, "admin-keys")
+    rows["backup"].find_element("css selector", "button[data-action=disable]").click()
+    wait(browser, lambda d: d.execute_script(
+        "var r = document.querySelector(\"#keys-table tr[data-key='backup']\");"
+        "return r && r.getAttribute('data-status')") == "disabled")
+    listed = {k["name"]: k["status"] for k in requests.get(f"{console_url}/admin/api-keys", headers=bearer(admin),
+                                                            timeout=5).json()["items"]}
+    assert listed == {"primary": "active", "backup": "disabled"}
+
+    for view, ready in (("jobs", "jobs-chart"), ("usage", "gen-chart")):
+        browser.get(f"{console_url}/console/admin/{view}")
+        wait(browser, lambda d, ready=ready: by_id(d, ready).get_attribute("data-rendered") == "1")
+        screenshot(browser, f"admin-{view}")
+    browser.get(console_url + "/console/admin/users")
+    wait(browser, lambda d: len(css(d, "#users-table tbody tr")) >= 1 and len(css(d, "#audit-table tbody tr")) >= 1)
+    screenshot(browser, "admin-users")
+    assert_clean(browser, console_url)
+
+
+def test_a_producer_gets_no_admin_view(browser, console_url):
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], path="/console/admin/keys")
+    wait(browser, lambda d: len(css(d, "#forbidden")) == 1)
+    assert "for administrators" in by_id(browser, "forbidden").text
+    assert css(browser, "nav[aria-label=Admin]") == [] and css(browser, "#keys-table") == []
+
+
+class _EvilPage(BaseHTTPRequestHandler):
+    """Another origin's page that makes the visitor's browser POST a form to the console's API."""
+    target = ""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        html = (f'<!doctype html><form id="f" method="POST" action="{self.target}/console/auth/logout">'
+                '<input name="csrf_access_token" value="guess"></form>'
+                '<script>document.getElementById("f").submit()</script>').encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(html)))
+        self.end_headers()
+        self.wfile.write(html)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_forged_cross_origin_post_and_a_post_without_the_csrf_header_fail(browser, console_url):
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"])
+    wait(browser, lambda d: by_id(d, "u-used").text == "0")
+
+    # Same cookies, no X-CSRF-TOKEN header: refused, nothing created.
+    status = browser.execute_async_script(
+        "var done = arguments[arguments.length - 1]; fetch('/usage/generate', {method: 'POST', credentials: "
+        "'same-origin', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({prompt: 'x'})})"
+        ".then(function (r) { done(r.status); });")
+    assert status in (401, 403)
+
+    # A page on another origin (another port) posting a form: the cookie rides along, the header cannot.
+    _EvilPage.target = console_url
+    evil = HTTPServer(("127.0.0.1", free_port()), _EvilPage)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{evil.server_port}/")
+        wait(browser, lambda d: d.current_url.startswith(console_url + "/console/auth/logout"))
+        assert '"code": "unauthorized"' in browser.page_source or '"code":"unauthorized"' in browser.page_source
+    finally:
+        evil.shutdown()
+    browser.get(console_url + "/console/")
+    wait(browser, lambda d: by_id(d, "u-used").text == "0")  # still signed in: the forged sign-out did nothing
+    assert requests.get(f"{console_url}/usage/current", headers=bearer(account), timeout=5).json()["reserved"] == 0
+
+
+def test_the_home_view_reads_at_phone_width(console_url, tmp_path):
+    account = register(console_url)
+    requests.post(f"{console_url}/usage/generate", json={"prompt": "footsteps on gravel"}, headers=bearer(account),
+                  timeout=5)
+    settled(console_url, account, 1)
+    phone = chrome(tmp_path / "phone", width=390, height=844)
+    try:
+        sign_in(phone, console_url, account["email"])
+        wait(phone, lambda d: by_id(d, "usage-chart").get_attribute("data-rendered") == "1")
+        # Nothing wider than the screen: no sideways scrolling.
+        assert phone.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(phone, "home-phone")
+        assert_clean(phone, console_url)
+    finally:
+        phone.quit()
