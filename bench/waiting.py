@@ -291,7 +291,9 @@ class Bench:
                 holder.wait(10)
             log(f"5a round {round_no + 1}: without waiters {base_total.throughput:.1f} rps so far, with "
                 f"{args.waiters} waiters {held_total.throughput:.1f} rps; RSS {held_rss[-1]} MiB")
-            time.sleep(1.0)  # the server notices the closed connections
+            # A held `Prefer: wait=60` answer notices its client left only when it answers (at the latest after
+            # 60 s), a stream at its next keep-alive (15 s): let this round's waiters go before the next one.
+            time.sleep(62.0 if round_no + 1 < args.rounds else 1.0)
         ratio = round(held_total.throughput / base_total.throughput, 3) if base_total.throughput else None
         return {
             "waiters": args.waiters, "sse": args.waiters // 2, "prefer_wait": args.waiters - args.waiters // 2,

@@ -437,3 +437,18 @@ def test_the_waiting_answers_are_as_the_api_document_says(client, user):
     get_job = spec["paths"]["/jobs/{job_id}"]["get"]
     assert "Prefer" in [p["name"] for p in get_job["parameters"] if p["in"] == "header"]
     assert "Preference-Applied" in get_job["responses"]["200"]["headers"]
+
+
+def test_the_held_time_is_left_out_of_the_latency_metric(base):
+    from sfx_backend.api.metrics import HTTP_REQUEST_SECONDS
+
+    def total():
+        return HTTP_REQUEST_SECONDS.labels("GET", "/jobs/<uuid:job_id>", "200")._sum.get()
+
+    headers = _register(base)
+    job_id = _submit(base, headers)
+    before = total()
+    started = time.monotonic()
+    assert _wait_get(base, headers, job_id, "wait=2").headers["Preference-Applied"] == "wait=2"
+    assert time.monotonic() - started >= 2.0
+    assert total() - before < 1.0  # the request took 2 s; its latency figure is what it cost besides the wait
