@@ -155,7 +155,9 @@ def event_stream(user_id: uuid.UUID, job_id: uuid.UUID, render: Callable[[sa.Row
                 if quiet >= keepalive:
                     yield ": keep-alive\n\n"
                     last_write, quiet = time.monotonic(), 0.0
-                watch.wait(min(events.recheck_seconds, keepalive - quiet))
+                timeout = min(events.recheck_seconds, keepalive - quiet)
+                if not watch.wait(timeout) and timeout < events.recheck_seconds:
+                    continue  # only the keep-alive is due: nothing to re-read
                 try:
                     row = read()
                 except NotFound:  # the job is gone (its account deleted): the stream ends
