@@ -11,9 +11,10 @@ with `WORKER_CONCURRENCY` threads: upstream calls are I/O-bound. Every other poo
   the prefork pool the command asked for. Without `-c` it runs Celery's default, one child per CPU.
 - `--pool solo`: tasks run one at a time in the main process; without `-c` it reserves one message
   (a solo worker holding `WORKER_CONCURRENCY` unacknowledged jobs would keep them from others).
-- `--pool gevent` / `eventlet`: not installed, so Celery stops before loading the app
-  (`ModuleNotFoundError`); `choose_pool` refuses them even when installed: psycopg2 blocks their
-  event loop and kombu's redelivery misbehaves under gevent.
+- `--pool gevent` / `eventlet`: `choose_pool` refuses them at start (the worker's psycopg2 is not
+  made to yield, so it would block their event loop, and kombu's redelivery misbehaves under gevent).
+  gevent is installed for the API's gunicorn workers (gunicorn.conf.py); eventlet is not, so Celery
+  stops before loading the app (`ModuleNotFoundError`).
 
 What a prefork child must not share with its parent, and how each is handled:
 - SQLAlchemy engines: `reset_after_fork` disposes each pool without closing the parent's connections

@@ -64,6 +64,14 @@ def instrument_app(app: Flask) -> None:
         return response
 
 
+def leave_out_of_latency(seconds: float) -> None:
+    """The request spent `seconds` waiting on purpose (`Prefer: wait`): its latency figure leaves them out,
+    so a held answer does not read as a slow route."""
+    started = g.get("_metrics_started")
+    if started is not None:
+        g._metrics_started = started + seconds
+
+
 # -- state, read at scrape time ---------------------------------------------------------------------
 @dataclass
 class Snapshot:

@@ -86,8 +86,14 @@ def _released_reader(user_id: uuid.UUID, job_id: uuid.UUID) -> Callable[[], sa.R
 
 def hold(user_id: uuid.UUID, job_id: uuid.UUID, seconds: int) -> sa.Row:
     """The job once terminal, or as it is after `seconds` (another user's job: NotFound at once)."""
-    return wait_until(runtime().job_events, job_id, _released_reader(user_id, job_id),
-                      lambda row: row.status.value in TERMINAL, seconds)
+    from .metrics import leave_out_of_latency
+
+    started = time.monotonic()
+    try:
+        return wait_until(runtime().job_events, job_id, _released_reader(user_id, job_id),
+                          lambda row: row.status.value in TERMINAL, seconds)
+    finally:
+        leave_out_of_latency(time.monotonic() - started)
 
 
 def bind_job_states(app) -> None:
@@ -149,7 +155,9 @@ def event_stream(user_id: uuid.UUID, job_id: uuid.UUID, render: Callable[[sa.Row
                 if quiet >= keepalive:
                     yield ": keep-alive\n\n"
                     last_write, quiet = time.monotonic(), 0.0
-                watch.wait(min(events.recheck_seconds, keepalive - quiet))
+                timeout = min(events.recheck_seconds, keepalive - quiet)
+                if not watch.wait(timeout) and timeout < events.recheck_seconds:
+                    continue  # only the keep-alive is due: nothing to re-read
                 try:
                     row = read()
                 except NotFound:  # the job is gone (its account deleted): the stream ends

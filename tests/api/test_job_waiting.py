@@ -419,3 +419,36 @@ def test_the_reference_client_follows_the_stream_and_reports_progress_meanwhile(
     _run_job(job["id"])
     assert waiter.result()["status"] == "succeeded"
     assert ticks[-1] == "succeeded"
+
+
+def test_the_waiting_answers_are_as_the_api_document_says(client, user):
+    # The suite's test client checks each response against /openapi.json (Preference-Applied, the stream).
+    job_id = user.generate().get_json()["id"]
+    assert user.post(f"/jobs/{job_id}/cancel").status_code == 200
+    held = user.get(f"/jobs/{job_id}", headers={"Prefer": "wait=5"})
+    assert held.status_code == 200 and held.headers["Preference-Applied"] == "wait=5"
+    stream = user.get(f"/jobs/{job_id}/events")
+    assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
+    assert stream.get_data(as_text=True).startswith("id: 1\nevent: job\ndata: {")
+    spec = client.get("/openapi.json").get_json()
+    events = spec["paths"]["/jobs/{job_id}/events"]["get"]
+    assert events["operationId"] == "followJobEvents"
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    get_job = spec["paths"]["/jobs/{job_id}"]["get"]
+    assert "Prefer" in [p["name"] for p in get_job["parameters"] if p["in"] == "header"]
+    assert "Preference-Applied" in get_job["responses"]["200"]["headers"]
+
+
+def test_the_held_time_is_left_out_of_the_latency_metric(base):
+    from sfx_backend.api.metrics import HTTP_REQUEST_SECONDS
+
+    def total():
+        return HTTP_REQUEST_SECONDS.labels("GET", "/jobs/<uuid:job_id>", "200")._sum.get()
+
+    headers = _register(base)
+    job_id = _submit(base, headers)
+    before = total()
+    started = time.monotonic()
+    assert _wait_get(base, headers, job_id, "wait=2").headers["Preference-Applied"] == "wait=2"
+    assert time.monotonic() - started >= 2.0
+    assert total() - before < 1.0  # the request took 2 s; its latency figure is what it cost besides the wait

@@ -133,3 +133,26 @@ def test_one_gunicorn_process_serves_a_hundred_waiters_and_everything_else(
     assert audio.status_code == 200 and len(audio.content) == results[1][-1]["audio"]["size_bytes"]
     assert "Using worker: gevent" in output
     assert "Traceback" not in output, output[-3000:]
+
+
+def test_rate_limits_on_redis_still_count_under_the_gevent_workers(app, database_url, tmp_path, encryption_key,
+                                                                     redis_db):
+    redis_url = TEST_REDIS_URL.format(db=redis_db)
+    import redis
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**os.environ, **make_environ(database_url, tmp_path / "instance", encryption_key, REDIS_URL=redis_url,
+                                        CELERY_BROKER_URL=redis_url, RATELIMIT_ENABLED="true")}
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "wb")
+    server = subprocess.Popen([str(BIN / "gunicorn"), "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                               "--no-control-socket"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ok(f"{base}/health"), 30, what="gunicorn to answer")
+        codes = [requests.post(f"{base}/auth/login", json={"email": "nobody@example.com", "password": "wrong pass 1"},
+                               headers={"Connection": "close"}, timeout=10).status_code for _ in range(12)]
+    finally:
+        stop(server)
+    # 5 failed attempts a minute per (email, address), counted in Redis across both processes.
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}, codes

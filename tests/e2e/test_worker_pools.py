@@ -152,7 +152,7 @@ def test_the_worker_as_typed_runs_a_dozen_concurrent_jobs_on_the_embedded_defaul
     assert upstream.max_in_flight[KEY] > 1
 
 
-@pytest.mark.parametrize("pool", ["gevent", "eventlet"])
+@pytest.mark.parametrize("pool", ["eventlet"])
 def test_a_pool_whose_library_is_not_installed_stops_the_worker_at_once(pool, tmp_path):
     env = {"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), **TEST_SECRETS, "DATABASE_URL": "", "REDIS_URL": "",
            "CELERY_BROKER_URL": "memory://"}
@@ -162,3 +162,15 @@ def test_a_pool_whose_library_is_not_installed_stops_the_worker_at_once(pool, tm
     assert done.returncode != 0
     assert re.search(rf"No module named '{pool}", done.stderr), done.stderr[-2000:]
     assert "celery@" not in done.stdout  # no banner: the worker never started, nothing was consumed
+
+
+def test_the_gevent_pool_is_refused_at_start_though_gevent_is_installed_for_the_api(tmp_path):
+    # gevent is a dependency (the API's gunicorn workers); the worker still refuses its pool.
+    env = {"APP_ENV": "test", "INSTANCE_PATH": str(tmp_path), **TEST_SECRETS, "DATABASE_URL": "", "REDIS_URL": "",
+           "CELERY_BROKER_URL": "memory://"}
+    done = subprocess.run([str(BIN / "celery"), "-A", "workers", "worker", "--pool", "gevent", *LOGGING],
+                          cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-2000:]
+    assert "does not run on the gevent pool" in output, output[-2000:]
