@@ -10,7 +10,7 @@ from flask import after_this_request, current_app, g, redirect, request
 from flask_jwt_extended import current_user, jwt_required
 
 from .. import wiring
-from ..errors import InvalidWebhookUrl, NotFound, ValidationFailed
+from ..errors import InvalidWebhookUrl, NotFound, ServiceUnavailable, ValidationFailed
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
@@ -68,6 +68,8 @@ def _webhook_url(value: object) -> str | None:
     """The submitted `webhook_url`, checked by the SSRF guard (422 `invalid_webhook_url` if refused)."""
     if value is None:
         return None
+    if runtime().cipher is None:  # no way to keep a signing secret: see services/webhooks.WebhookSecrets
+        raise ServiceUnavailable("Webhooks need KEY_ENCRYPTION_KEY on this server.")
     if not isinstance(value, str):
         raise InvalidWebhookUrl("webhook_url must be an http or https URL.",
                                 errors={"webhook_url": ["Must be a string holding an http or https URL."]})
@@ -142,7 +144,7 @@ _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
 @blp.doc(**_SUBMIT_DOC)
-@problem_responses(blp, 400, 401, 402, 403, 422, 429)
+@problem_responses(blp, 400, 401, 402, 403, 422, 429, 503)
 def generate(body):
     """Submit a generation: reserves one unit of quota and queues a job. Poll `Location`."""
     return _submit(body)

@@ -442,3 +442,13 @@ def test_the_document_describes_the_webhooks_and_the_new_routes(client):
     assert spec["paths"]["/user/webhook-secret/rotate"]["post"]["operationId"] == "rotateWebhookSecret"
     generate = spec["components"]["schemas"]["Generate"]["properties"]["webhook_url"]
     assert generate["maxLength"] == 2000 and "null" in generate["type"]
+
+
+def test_without_an_encryption_key_webhooks_are_unavailable_and_nothing_is_charged(app, user, monkeypatch):
+    monkeypatch.setattr(app.extensions["sfx"], "cipher", None)
+    refused = user.generate(webhook_url="http://127.0.0.1:9/")
+    assert refused.status_code == 503 and refused.get_json()["code"] == "service_unavailable"
+    assert refused.headers["Retry-After"]
+    assert user.get("/user/webhook-secret").status_code == 503
+    assert user.get("/usage/current").get_json()["reserved"] == 0
+    assert user.generate().status_code == 202  # jobs without a webhook are unaffected
