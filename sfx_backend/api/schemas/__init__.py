@@ -99,7 +99,7 @@ class GenerateSchema(Schema):
     output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav"]))
     # Checked by the handler (api/jobs.py), which answers 422 `invalid_webhook_url` rather than validation_error.
     webhook_url = fields.Raw(load_default=None, allow_none=True, metadata={
-        "type": ["string", "null"], "format": "uri", "maxLength": 2000,
+        "type": "string", "format": "uri", "maxLength": 2000,
         "description": "http or https URL that receives the job's completion event (signed per Standard "
                        "Webhooks with the secret from `GET /user/webhook-secret`); see the `webhooks` section.",
         "example": "https://example.com/hooks/sfx"})
