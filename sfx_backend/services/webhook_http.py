@@ -32,14 +32,17 @@ def _host_header(target: Target) -> str:
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], *, connect_timeout: float = 3.0,
-         total_timeout: float = 10.0, max_response_bytes: int = 65536) -> PostResult:
-    """POST `body` to the target's checked address; never raises for what the network does."""
+         total_timeout: float = 10.0, max_response_bytes: int = 65536, ca_certs: str | None = None) -> PostResult:
+    """POST `body` to the target's checked address; never raises for what the network does.
+
+    `ca_certs`: a CA bundle to trust instead of the system's (tests with a certificate of their own).
+    """
     timeout = urllib3.Timeout(connect=connect_timeout, read=total_timeout, total=total_timeout)
     common = dict(timeout=timeout, retries=False, maxsize=1, block=False)
     if target.scheme == "https":
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
             target.address, target.port, cert_reqs="CERT_REQUIRED", server_hostname=target.host,
-            assert_hostname=target.host, **common)
+            assert_hostname=target.host, ca_certs=ca_certs, **common)
     else:
         pool = urllib3.HTTPConnectionPool(target.address, target.port, **common)
     started = time.monotonic()
