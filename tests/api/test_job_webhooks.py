@@ -452,3 +452,19 @@ def test_without_an_encryption_key_webhooks_are_unavailable_and_nothing_is_charg
     assert user.get("/user/webhook-secret").status_code == 503
     assert user.get("/usage/current").get_json()["reserved"] == 0
     assert user.generate().status_code == 202  # jobs without a webhook are unaffected
+
+
+def test_deleting_the_account_deletes_what_it_was_owed_and_sends_nothing(app, user, receiver, tasks):
+    finished = submit(user, receiver.url)
+    run(app, finished["id"])  # a delivery is owed...
+    queued = submit(user, receiver.url)  # ...and a queued job is canceled by the deletion
+    user.get("/user/webhook-secret")
+    response = user.client.delete("/user/account", headers=user.headers, json={"password": user.password})
+    assert response.status_code == 200
+    from sfx_backend.models import Job, WebhookSecret
+    db.session.expire_all()
+    assert db.session.query(WebhookDelivery).count() == 0 and db.session.query(WebhookSecret).count() == 0
+    assert db.session.get(Job, uuid.UUID(queued["id"])).status.value == "canceled"
+    for delivery_id in tasks.args(WEBHOOK_TASK):  # the message sent before the deletion finds nothing
+        assert deliverer(app).deliver(uuid.UUID(delivery_id)).outcome == "skipped"
+    assert receiver.received == []
