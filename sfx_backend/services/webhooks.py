@@ -26,7 +26,9 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from standardwebhooks import Webhook
 
 from ..crypto import KeyCipher
@@ -218,7 +220,13 @@ class WebhookDeliverer:
                 log.exception("webhook could not be prepared", extra=extra)
                 self.session.rollback()
                 result = webhook_http.PostResult(None, "internal error preparing the delivery", 0)
-        return self._record(delivery, started_at, result, extra)
+        try:
+            return self._record(delivery, started_at, result, extra)
+        except (IntegrityError, ObjectDeletedError, StaleDataError):
+            # The row went while the attempt ran (the account was deleted): nothing is owed any more.
+            self.session.rollback()
+            log.info("webhook delivery gone during its attempt", extra=extra)
+            return DeliveryResult("skipped")
 
     def _send(self, delivery: WebhookDelivery, job: Job, target: webhook_targets.Target) -> webhook_http.PostResult:
         msg_id = message_id(delivery.id)

@@ -468,3 +468,21 @@ def test_deleting_the_account_deletes_what_it_was_owed_and_sends_nothing(app, us
     for delivery_id in tasks.args(WEBHOOK_TASK):  # the message sent before the deletion finds nothing
         assert deliverer(app).deliver(uuid.UUID(delivery_id)).outcome == "skipped"
     assert receiver.received == []
+
+
+def test_a_delivery_deleted_while_its_attempt_runs_is_dropped_quietly(app, user, receiver):
+    job = submit(user, receiver.url)
+    run(app, job["id"])
+    delivery_id = delivery_of(job["id"]).id
+    sender = deliverer(app)
+    real_post = sender.poster
+
+    def post_then_delete(*args, **kwargs):
+        result = real_post(*args, **kwargs)
+        with db.engine.begin() as conn:  # the account deletion, from another connection
+            conn.execute(WebhookDelivery.__table__.delete().where(WebhookDelivery.__table__.c.id == delivery_id))
+        return result
+
+    sender.poster = post_then_delete
+    assert sender.deliver(delivery_id).outcome == "skipped"
+    assert len(receiver.received) == 1 and db.session.query(WebhookAttempt).count() == 0
