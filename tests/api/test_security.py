@@ -85,7 +85,8 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
                 id_routes.append((method.lower(), rule.rule.replace(f"<uuid:{argument}>", ids[argument]),
                                   ids[argument]))
     assert {path for _, path, _ in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
-                                                  f"/jobs/{job_id}/cancel", f"/auth/sessions/{session_id}"}
+                                                  f"/jobs/{job_id}/cancel", f"/jobs/{job_id}/webhook-deliveries",
+                                                  f"/auth/sessions/{session_id}"}
     # Ending the owner's session ends its token too: that route goes last.
     for method, path, the_id in sorted(id_routes, key=lambda route: route[2] == session_id):
         theirs = getattr(client, method)(path, headers=stranger.headers)
