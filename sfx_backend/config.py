@@ -73,6 +73,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _delays(raw: str, name: str) -> tuple[float, ...]:
+    """Comma-separated seconds, each positive."""
+    try:
+        delays = tuple(float(part) for part in _csv(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be comma-separated seconds") from exc
+    if not delays or any(d <= 0 for d in delays):
+        raise ConfigError(f"{name} must list at least one positive number of seconds")
+    return delays
+
+
 def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -278,6 +289,14 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         # the waiters whose job changed without an announcement (pub/sub may drop one).
         "SSE_KEEPALIVE_SECONDS": _float(env, "SSE_KEEPALIVE_SECONDS", 15.0),
         "JOB_WAIT_RECHECK_SECONDS": _float(env, "JOB_WAIT_RECHECK_SECONDS", 5.0),
+        # completion webhooks (services/webhooks.py, docs/api.md)
+        "WEBHOOK_CONNECT_TIMEOUT_SECONDS": _float(env, "WEBHOOK_CONNECT_TIMEOUT_SECONDS", 3.0),
+        "WEBHOOK_TIMEOUT_SECONDS": _float(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        "WEBHOOK_RETRY_DELAYS": _delays(env.get("WEBHOOK_RETRY_DELAYS") or "5,300,1800,7200,18000,36000",
+                                        "WEBHOOK_RETRY_DELAYS"),
+        "WEBHOOK_RETRY_WINDOW_SECONDS": _int(env, "WEBHOOK_RETRY_WINDOW_SECONDS", 86400),
+        "WEBHOOK_SECRET_GRACE_SECONDS": _int(env, "WEBHOOK_SECRET_GRACE_SECONDS", 86400),
+        "WEBHOOK_MAX_COUNTDOWN_SECONDS": _int(env, "WEBHOOK_MAX_COUNTDOWN_SECONDS", 300),
         # Beat records a heartbeat this often; /health/ready calls it stale after four intervals missed.
         "SCHEDULER_HEARTBEAT_SECONDS": _int(env, "SCHEDULER_HEARTBEAT_SECONDS", 15),
         # storage
@@ -362,6 +381,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         raise ConfigError("STRIPE_EVENT_MAX_ATTEMPTS must be at least 1")
     if cfg["SCHEDULER_HEARTBEAT_SECONDS"] < 1:
         raise ConfigError("SCHEDULER_HEARTBEAT_SECONDS must be at least 1")
+    if cfg["WEBHOOK_MAX_COUNTDOWN_SECONDS"] >= cfg["CELERY_VISIBILITY_TIMEOUT"]:
+        # A message waiting longer than the visibility timeout would be delivered a second time.
+        raise ConfigError("WEBHOOK_MAX_COUNTDOWN_SECONDS must be below CELERY_VISIBILITY_TIMEOUT")
     if cfg["WORKER_CONCURRENCY"] < 1:
         raise ConfigError("WORKER_CONCURRENCY must be at least 1")
     if storage_backend == "s3" and not cfg["S3_BUCKET"]:

@@ -46,6 +46,12 @@ class ValidationFailed(DomainError):
     status, code, title = 422, "validation_error", "Validation failed"
 
 
+class InvalidWebhookUrl(DomainError):
+    """`webhook_url` is malformed or points at an address webhooks may not reach."""
+
+    status, code, title = 422, "invalid_webhook_url", "Invalid webhook URL"
+
+
 class Unauthorized(DomainError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 

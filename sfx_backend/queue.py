@@ -8,7 +8,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
-from .services.dispatch import BILLING_SWEEP_TASK, KEYS_TASK, NOTIFY_SWEEP_TASK, PURGE_AUDIO_TASK, SWEEP_TASK
+from .services.dispatch import (BILLING_SWEEP_TASK, KEYS_TASK, NOTIFY_SWEEP_TASK, PURGE_AUDIO_TASK, SWEEP_TASK,
+                                WEBHOOK_SWEEP_TASK)
 from .worker_process import DEFAULT_POOL
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def make_celery(app: Flask) -> Celery:
             "resend-owed-emails": {"task": NOTIFY_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
             "purge-deleted-audio": {"task": PURGE_AUDIO_TASK, "schedule": 300.0},
             "resend-billing-tasks": {"task": BILLING_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
+            "resend-due-webhooks": {"task": WEBHOOK_SWEEP_TASK, "schedule": float(cfg["SWEEP_INTERVAL_SECONDS"])},
         },
     )
     celery.set_default()

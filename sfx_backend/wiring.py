@@ -22,15 +22,15 @@ from .crypto import KeyCipher
 from .models import utcnow
 from .providers.base import SoundProvider
 from .runtime import Runtime, runtime
-from .services import billing_usage, notifications
+from .services import billing_usage, notifications, webhooks
 from .services.accounts import AccountService
 from .services.billing import BillingService, BillingSettings, stripe_client
 from .services.billing_events import BillingEvents
 from .services.billing_usage import MeterReporter
 from .services.devices import DeviceService
 from .services.dispatch import TaskSender
-from .services.generation import GenerationRunner, RunnerSettings, SettledHook
 from .services import job_events
+from .services.generation import FinishedHook, GenerationRunner, RunnerSettings, SettledHook
 from .services.job_events import JobEvents, LocalJobEvents, RedisJobEvents
 from .services.jobs import JobService
 from .services.key_pool import KeyPool
@@ -136,7 +136,8 @@ class Wiring:
         # The jobs-at-once cap is an abuse limit: RATELIMIT_ENABLED=false (load tests) lifts it with the rest.
         return JobService(self.session, self.runtime.clock, cfg["TRIAL_GENERATION_LIMIT"],
                           plans=plans.catalogue(cfg), cap_jobs=cfg["RATELIMIT_ENABLED"],
-                          require_email_verification=cfg["REQUIRE_EMAIL_VERIFICATION"])
+                          require_email_verification=cfg["REQUIRE_EMAIL_VERIFICATION"],
+                          on_finished=self.finished_hooks())
 
     def user_service(self) -> UserService:
         """Registration and credential checks."""
@@ -155,7 +156,7 @@ class Wiring:
         """A user's own account, and administrators' changes to accounts."""
         return AccountService(self.session, self.user_service(), self.runtime.clock,
                               job_lease_seconds=self.config["JOB_LEASE_SECONDS"], billing=self.billing_service(),
-                              sender=self.runtime.tasks)
+                              sender=self.runtime.tasks, on_job_finished=self.finished_hooks())
 
     def billing_settings(self) -> BillingSettings:
         """The Stripe settings every billing service shares."""
@@ -214,11 +215,37 @@ class Wiring:
                         sender=tasks),
                 partial(billing_usage.on_generation_settled, sender=tasks)]
 
+    def finished_hooks(self) -> list[FinishedHook]:
+        """What a job reaching a final state also owes: its completion webhook (an outbox row)."""
+        return [partial(webhooks.job_finished, sender=self.runtime.tasks)]
+
+    def webhook_settings(self) -> webhooks.WebhookSettings:
+        """Delivery timeouts, the retry schedule and window, and whether loopback is allowed (not in production)."""
+        cfg = self.config
+        return webhooks.WebhookSettings(
+            retry_delays=tuple(cfg["WEBHOOK_RETRY_DELAYS"]),
+            window=timedelta(seconds=cfg["WEBHOOK_RETRY_WINDOW_SECONDS"]),
+            connect_timeout=cfg["WEBHOOK_CONNECT_TIMEOUT_SECONDS"], total_timeout=cfg["WEBHOOK_TIMEOUT_SECONDS"],
+            allow_loopback=cfg["APP_ENV"] != "production")
+
+    def webhook_secrets(self) -> webhooks.WebhookSecrets:
+        """Each user's signing secret, encrypted with the app's cipher."""
+        return webhooks.WebhookSecrets(self.session, self.runtime.cipher, self.runtime.clock,
+                                       grace=timedelta(seconds=self.config["WEBHOOK_SECRET_GRACE_SECONDS"]))
+
+    def webhook_deliverer(self) -> webhooks.WebhookDeliverer:
+        """Sends owed webhooks; the job object is rendered as GET /jobs/<id> answers it."""
+        from .api.jobs import render_job  # the API's own serialiser: the payload is what a poll would read
+
+        return webhooks.WebhookDeliverer(self.session, self.webhook_secrets(), self.runtime.clock, render_job,
+                                         self.webhook_settings())
+
     def runner(self) -> GenerationRunner:
         """A runner on the app's provider, storage, spool and key pool, as the worker runs it."""
         rt = self.runtime
         return GenerationRunner(self.session, rt.provider, rt.storage, self.key_pool(), rt.clock,
-                                self.runner_settings(), spool=rt.spool, on_settled=self.settled_hooks())
+                                self.runner_settings(), spool=rt.spool, on_settled=self.settled_hooks(),
+                                on_finished=self.finished_hooks())
 
 
 def current() -> Wiring:

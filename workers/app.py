@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 flask_app = create_app()
 celery = flask_app.extensions["celery"]
 
-from . import accounts, billing, jobs, keys, maintenance, notifications  # noqa: E402,F401 - registers the tasks
+from . import accounts, billing, jobs, keys, maintenance, notifications, webhooks  # noqa: E402,F401 - registers the tasks
 
 
 # worker_init handlers run in the order they are connected: the pool is settled (or refused) first.

@@ -10,16 +10,16 @@ from flask import after_this_request, current_app, g, redirect, request
 from flask_jwt_extended import current_user, jwt_required
 
 from .. import wiring
-from ..errors import NotFound, ValidationFailed
+from ..errors import InvalidWebhookUrl, NotFound, ServiceUnavailable, ValidationFailed
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
-from ..services import jobs
+from ..services import jobs, webhook_targets, webhooks
 from ..services.dispatch import GENERATE_TASK
 from ..services.jobs import GenerationParams, JobService
 from . import limits, waiting
 from .common import BEARER, Blueprint, caller_allowance, problem_responses
-from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema
+from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema, WebhookDeliveriesSchema
 from .schemas.text import CONTROL_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,29 @@ def serialize_job(job: Job | sa.Row) -> dict:
         "queue_reason": job.queue_reason if job.status == JobStatus.QUEUED else None,
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "audio": audio,
+        "webhook": webhooks.summary(db.session, job.id, job.webhook_url),
     }
+
+
+def render_job(job: Job) -> dict:
+    """The job object as GET /jobs/<id> sends it, as JSON-ready values (a webhook's `data`)."""
+    return JobSchema().dump(serialize_job(job))
+
+
+def _webhook_url(value: object) -> str | None:
+    """The submitted `webhook_url`, checked by the SSRF guard (422 `invalid_webhook_url` if refused)."""
+    if value is None:
+        return None
+    if runtime().cipher is None:  # no way to keep a signing secret: see services/webhooks.WebhookSecrets
+        raise ServiceUnavailable("Webhooks need KEY_ENCRYPTION_KEY on this server.")
+    if not isinstance(value, str):
+        raise InvalidWebhookUrl("webhook_url must be an http or https URL.",
+                                errors={"webhook_url": ["Must be a string holding an http or https URL."]})
+    try:
+        webhooks.check_url(value, allow_loopback=current_app.config["APP_ENV"] != "production")
+    except webhook_targets.ForbiddenTarget as exc:
+        raise InvalidWebhookUrl(f"webhook_url cannot be used: {exc}", errors={"webhook_url": [str(exc)]}) from exc
+    return value
 
 
 def _download_url(job: Job):
@@ -76,7 +98,7 @@ def _submit(body: dict):
                                errors={"Idempotency-Key": [CONTROL_MESSAGE]})
     params = GenerationParams(prompt=body["prompt"], duration_seconds=body["duration_seconds"],
                               prompt_influence=body["prompt_influence"], loop=body["loop"],
-                              output_format=body["output_format"])
+                              output_format=body["output_format"], webhook_url=_webhook_url(body.get("webhook_url")))
     job, created = _service().submit(current_user, params, key.strip() if key else None,
                                      getattr(g, "request_id", None), allowance=caller_allowance())
     # Serialised before the commit: afterwards every attribute would be reloaded from the database.
@@ -122,7 +144,7 @@ _SUBMIT_DOC = dict(security=BEARER, parameters=[IDEMPOTENCY_HEADER])
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(200, schema=JobSchema, description="Replay of a finished job (same Idempotency-Key).")
 @blp.doc(**_SUBMIT_DOC)
-@problem_responses(blp, 400, 401, 402, 403, 422, 429)
+@problem_responses(blp, 400, 401, 402, 403, 422, 429, 503)
 def generate(body):
     """Submit a generation: reserves one unit of quota and queues a job. Poll `Location`."""
     return _submit(body)
@@ -203,3 +225,23 @@ def cancel_job(job_id: uuid.UUID):
     job = _service().cancel(current_user.id, job_id)
     db.session.commit()
     return serialize_job(job)
+
+
+@blp.route("/jobs/<uuid:job_id>/webhook-deliveries", methods=["GET"])
+@jwt_required()
+@blp.response(200, WebhookDeliveriesSchema)
+@blp.doc(security=BEARER, description=(
+    "Every attempt to deliver the job's completion webhook, oldest first: when, how long it took, the HTTP "
+    "status or why there was none. `status` is `none` for a job submitted without `webhook_url`."))
+@problem_responses(blp, 401, 404)
+def webhook_deliveries(job_id: uuid.UUID):
+    """The job's webhook delivery log (only its owner sees it)."""
+    job = jobs.read(db.session, current_user.id, job_id)
+    delivery, attempts = webhooks.attempts_of(db.session, job.id)
+    if delivery is None:
+        return {"webhook_id": None, "url": job.webhook_url, "type": None,
+                "status": "waiting" if job.webhook_url else "none", "next_attempt_at": None, "items": []}
+    return {"webhook_id": webhooks.message_id(delivery.id), "url": delivery.url, "type": delivery.event_type,
+            "status": delivery.status, "next_attempt_at": delivery.next_attempt_at,
+            "items": [{"attempt": a.number, "started_at": a.started_at, "duration_ms": a.duration_ms,
+                       "http_status": a.http_status, "error": a.error} for a in attempts]}

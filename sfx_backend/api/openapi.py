@@ -61,6 +61,8 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("post", "/console/auth/refresh"): "consoleRefresh", ("post", "/console/auth/logout"): "consoleSignOut",
     ("get", "/user/profile"): "getProfile", ("put", "/user/profile"): "updateProfile",
     ("delete", "/user/account"): "deleteAccount",
+    ("get", "/user/webhook-secret"): "getWebhookSecret", ("post", "/user/webhook-secret/rotate"): "rotateWebhookSecret",
+    ("get", "/jobs/{job_id}/webhook-deliveries"): "listWebhookDeliveries",
     ("post", "/usage/generate"): "generateSound", ("post", "/jobs"): "createJob",
     ("get", "/jobs"): "listJobs", ("get", "/jobs/{job_id}"): "getJob",
     ("get", "/jobs/{job_id}/audio"): "downloadJobAudio", ("post", "/jobs/{job_id}/cancel"): "cancelJob",
@@ -103,7 +105,8 @@ _JOB_ID = "3f0c2a8e-5b1d-4c6e-9a7f-1d2e3c4b5a69"
 _JOB_BASE = {"id": _JOB_ID, "prompt": "glass shattering on a stone floor", "duration_seconds": 2.5,
              "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128",
              "created_at": "2026-01-05T10:00:00Z", "attempts": 0, "queue_reason": None,
-             "error": None, "audio": None, "provider": None, "started_at": None, "finished_at": None}
+             "error": None, "audio": None, "provider": None, "started_at": None, "finished_at": None,
+             "webhook": None}
 JOB_EXAMPLES = {
     "queued": {"summary": "Accepted, waiting for a worker", "value": {**_JOB_BASE, "status": "queued"}},
     "succeeded": {"summary": "Finished: download from audio.url", "value": {
@@ -119,6 +122,48 @@ JOB_EXAMPLES = {
 PROBLEM_EXAMPLE = {"type": "about:blank", "title": "Too Many Requests", "status": 429,
                    "detail": "Too many requests; try again later.", "code": "rate_limited",
                    "request_id": "9b1f3c0e7a2d4e5f8a6b1c2d3e4f5a6b"}
+
+
+_WEBHOOK_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "The delivery's id: the same on every retry of this event, so a receiver can drop repeats."},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "Unix time of this attempt (seconds); receivers refuse ones more than 5 minutes off."},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the secret from GET /user/webhook-secret; "
+                    "for a day after a rotation two, space-separated (new and previous secret)."},
+]
+JOB_EVENT_SCHEMA = {
+    "type": "object", "required": ["type", "timestamp", "data"],
+    "properties": {
+        "type": {"type": "string", "enum": ["job.succeeded", "job.failed", "job.canceled"]},
+        "timestamp": {"type": "string", "format": "date-time", "description": "When the job ended (the event)."},
+        "data": {"$ref": "#/components/schemas/Job"},
+    },
+}
+
+
+def _webhook(event: str, summary: str) -> dict:
+    """One entry of the document's `webhooks`: the POST a job's `webhook_url` receives."""
+    return {"post": {
+        "operationId": "on" + "".join(part.title() for part in event.split(".")),
+        "summary": summary,
+        "description": "Sent when a job submitted with `webhook_url` ends, signed per Standard Webhooks "
+                       "(verify with `standardwebhooks.Webhook(secret).verify(body, headers)`). Retried with "
+                       "backoff for 24 h until the receiver answers 2xx; a redirect counts as a failure.",
+        "parameters": _WEBHOOK_HEADERS,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/JobEvent"}}}},
+        "responses": {"2XX": {"description": "Received: no more attempts for this event."},
+                      "default": {"description": "Any other answer, or none in 10 s: tried again later."}},
+    }}
+
+
+WEBHOOKS = {
+    "job.succeeded": _webhook("job.succeeded", "A job finished with audio (`data.audio.url` is fresh)."),
+    "job.failed": _webhook("job.failed", "A job failed; its quota unit was given back."),
+    "job.canceled": _webhook("job.canceled", "A job was canceled before it started."),
+}
 
 
 def _refs(node: object) -> set[str]:
@@ -176,4 +221,6 @@ def finish_document(doc: dict) -> dict:
     export = doc["paths"].get("/usage/export", {}).get("get")
     if export:
         export["responses"]["200"]["content"] = {"text/csv": {"schema": {"type": "string"}}}
+    schemas["JobEvent"] = copy.deepcopy(JOB_EVENT_SCHEMA)
+    doc["webhooks"] = copy.deepcopy(WEBHOOKS)
     return doc

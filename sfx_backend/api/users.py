@@ -11,7 +11,7 @@ from ..services import notifications, verification
 from ..services.accounts import AccountService
 from . import limits
 from .common import BEARER, Blueprint, problem_responses
-from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema
+from .schemas import AccountDeleteSchema, MessageSchema, ProfileUpdateSchema, UserSchema, WebhookSecretSchema
 
 blp = Blueprint("user", __name__, url_prefix="/user", description="The caller's account")
 
@@ -68,3 +68,32 @@ def delete_account(body):
     _accounts().delete(current_user, body["password"])
     db.session.commit()
     return {"message": "Account deleted."}
+
+
+@blp.route("/webhook-secret", methods=["GET"])
+@jwt_required()
+@blp.response(200, WebhookSecretSchema)
+@blp.doc(security=BEARER, description=(
+    "The secret the caller's job webhooks are signed with (Standard Webhooks, `whsec_` and base64); made on "
+    "the first read. Verify deliveries with it, e.g. `standardwebhooks.Webhook(secret).verify(body, headers)`."))
+@problem_responses(blp, 401, 503)
+def webhook_secret():
+    """The caller's webhook signing secret."""
+    secret = wiring.current().webhook_secrets().current(current_user.id)
+    db.session.commit()
+    return {"secret": secret}
+
+
+@blp.route("/webhook-secret/rotate", methods=["POST"])
+@jwt_required()
+@limits.profile_changes
+@blp.response(200, WebhookSecretSchema)
+@blp.doc(security=BEARER, description=(
+    "A new signing secret. For WEBHOOK_SECRET_GRACE_SECONDS (default 24 h) deliveries carry a signature "
+    "with the new and one with the previous secret, so a receiver still checking the old one keeps working."))
+@problem_responses(blp, 401, 429, 503)
+def rotate_webhook_secret():
+    """Replace the caller's webhook signing secret."""
+    secret = wiring.current().webhook_secrets().rotate(current_user.id)
+    db.session.commit()
+    return {"secret": secret}

@@ -12,6 +12,7 @@ from .types import utcnow
 from .usage import ApiUsage, MonthlyUsage
 from .user import AuthSession, User, UserRole, UserStatus
 from .verification import EmailVerificationToken
+from .webhook import WebhookAttempt, WebhookDelivery, WebhookSecret, WebhookStatus
 
 __all__ = [
     "BillingCustomer", "MeterEventStatus", "OverageCharge", "StripeEvent", "StripeEventStatus",
@@ -20,4 +21,5 @@ __all__ = [
     "MonthlyUsage", "OutputFormat", "PlanType", "QuotaState", "Subscription", "SubscriptionStatus",
     "User", "UserRole", "UserStatus", "utcnow",
     "EmailVerificationToken", "DeviceAuthorization",
+    "WebhookAttempt", "WebhookDelivery", "WebhookSecret", "WebhookStatus",
 ]

@@ -68,6 +68,8 @@ class Job(db.Model):
     size_bytes: Mapped[int | None] = mapped_column(sa.Integer)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # Where the job's completion event is POSTed (services/webhooks.py); null: no webhook.
+    webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 import stripe
@@ -58,13 +58,17 @@ class AccountService:
     """Built in sfx_backend/wiring.py: every argument is the app's (no silent default)."""
 
     def __init__(self, session: Session, users: UserService, clock: Callable[[], datetime], *,
-                 job_lease_seconds: int, billing: BillingService, sender: TaskSender) -> None:
+                 job_lease_seconds: int, billing: BillingService, sender: TaskSender,
+                 on_job_finished: Sequence[Callable[[Session, Job, datetime], None]] = ()) -> None:
+        """`on_job_finished`: as the runner's hooks (the completion webhook), for the jobs a suspension
+        cancels. Deleting an account owes no webhook: its secret and personal data go with it."""
         self.session = session
         self.users = users
         self.clock = clock
         self.job_lease_seconds = job_lease_seconds
         self.billing = billing
         self.sender = sender
+        self.on_job_finished = tuple(on_job_finished)
 
     # -- the caller's own account ----------------------------------------------------------------
     def update_profile(self, user: User, changes: dict[str, Any],
@@ -195,6 +199,8 @@ class AccountService:
             job = self.session.get(Job, job_id)
             self.session.refresh(job)
             quota.refund(self.session, job, now)
+            for hook in self.on_job_finished:
+                hook(self.session, job, now)
         return len(ids)
 
 

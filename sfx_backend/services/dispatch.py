@@ -31,6 +31,8 @@ PURGE_AUDIO_TASK = "sfx.accounts.purge_deleted_audio"
 BILLING_APPLY_TASK = "sfx.billing.apply_event"
 METER_TASK = "sfx.billing.send_meter_event"
 BILLING_SWEEP_TASK = "sfx.billing.sweep"
+WEBHOOK_TASK = "sfx.webhooks.deliver"
+WEBHOOK_SWEEP_TASK = "sfx.webhooks.sweep"
 
 
 class TaskSender(Protocol):

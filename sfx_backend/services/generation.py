@@ -93,6 +93,9 @@ class RunResult:
 # session, the job and the time, inside the settling transaction, before its commit; each never raises.
 # sfx_backend/wiring.py binds them to the app's settings and task sender.
 SettledHook = Callable[[Session, Job, datetime], None]
+# What else happens when a job reaches a final state (its completion webhook): called with the session, the
+# job and the time, inside the transaction that finishes it, before its commit (an outbox: nothing is lost).
+FinishedHook = Callable[[Session, Job, datetime], None]
 
 
 def storage_key_for(job: Job, extension: str) -> str:
@@ -106,7 +109,8 @@ class GenerationRunner(SpooledUploads):
                  settings: RunnerSettings = RunnerSettings(),
                  sleep: Callable[[float], None] = time.sleep,
                  wait_for_slot: Callable[[float], None] = slot_freed.wait,
-                 spool: AudioSpool | None = None, on_settled: Sequence[SettledHook] = ()) -> None:
+                 spool: AudioSpool | None = None, on_settled: Sequence[SettledHook] = (),
+                 on_finished: Sequence[FinishedHook] = ()) -> None:
         self.session = session
         self.provider = provider
         self.storage = storage
@@ -117,6 +121,7 @@ class GenerationRunner(SpooledUploads):
         self.wait_for_slot = wait_for_slot
         self.spool = spool
         self.on_settled = tuple(on_settled)
+        self.on_finished = tuple(on_finished)
 
     # -- the one public step ---------------------------------------------------------------------
     def run(self, job_id: uuid.UUID) -> RunResult:
@@ -390,6 +395,8 @@ class GenerationRunner(SpooledUploads):
         job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
         job.finished_at, job.lease_until, job.queue_reason = now, None, None
         job.error_code = job.error_message = None
+        for hook in self.on_finished:
+            hook(self.session, job, now)
         self.session.commit()
         if key is not None:
             slot_freed.notify()
@@ -447,6 +454,8 @@ class GenerationRunner(SpooledUploads):
                 upstream_credits=upstream_credits, created_at=now))
         job.status, job.error_code, job.error_message = JobStatus.FAILED, code, message
         job.finished_at, job.lease_until, job.queue_reason = now, None, None
+        for hook in self.on_finished:
+            hook(self.session, job, now)
         self.session.commit()
         metrics.job_finished(job)
         log.warning("job failed", extra={"event": "job_failed", "job_id": str(job.id), "code": code,

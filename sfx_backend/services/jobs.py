@@ -7,7 +7,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -31,10 +31,14 @@ class GenerationParams:
     prompt_influence: float = 0.3
     loop: bool = False
     output_format: str = "mp3"
+    webhook_url: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of the request body, to tell a retry from a different request under the same key."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        body = asdict(self)
+        if body["webhook_url"] is None:
+            del body["webhook_url"]  # so a body without one hashes as it did before webhooks existed
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @lru_cache(maxsize=None)
@@ -50,7 +54,7 @@ def _insert_job_statement(dialect: str) -> sa.Insert:
 _jobs = Job.__table__
 _SHOWN = ("id", "status", "prompt", "duration_seconds", "prompt_influence", "loop", "output_format", "provider",
           "created_at", "started_at", "finished_at", "attempts", "queue_reason", "error_code", "error_message",
-          "storage_key", "content_type", "size_bytes")
+          "storage_key", "content_type", "size_bytes", "webhook_url")
 _OWNED_JOB = sa.select(*(_jobs.c[name] for name in _SHOWN)).where(
     _jobs.c.id == sa.bindparam("id"), _jobs.c.user_id == sa.bindparam("user_id"))
 
@@ -73,7 +77,8 @@ class JobService:
 
     def __init__(self, session: Session, clock: Callable[[], datetime], trial_limit: int,
                  plans: Catalogue | None = None, cap_jobs: bool = True,
-                 require_email_verification: bool = False) -> None:
+                 require_email_verification: bool = False,
+                 on_finished: Sequence[Callable[[Session, Job, datetime], None]] = ()) -> None:
         """`plans` brings the per-plan caps (duration; jobs at once unless `cap_jobs` is off); without
         it only the quota applies. `require_email_verification`: trial accounts must have verified
         their address (REQUIRE_EMAIL_VERIFICATION)."""
@@ -83,6 +88,7 @@ class JobService:
         self.plans = plans
         self.cap_jobs = cap_jobs
         self.require_email_verification = require_email_verification
+        self.on_finished = tuple(on_finished)  # as the runner's: the completion webhook, in the cancel's transaction
 
     def submit(self, user: User, params: GenerationParams, idempotency_key: str | None = None,
                request_id: str | None = None, allowance: quota.Allowance | None = None) -> tuple[Job, bool]:
@@ -115,7 +121,7 @@ class JobService:
             "error_message": None, "quota_period": allowance.period_key, "quota_state": QuotaState.RESERVED,
             "storage_key": None, "content_type": None, "size_bytes": None, "lease_until": None,
             "request_id": request_id, "created_at": now, "updated_at": now, "started_at": None,
-            "finished_at": None,
+            "finished_at": None, "webhook_url": params.webhook_url,
         }
         for _ in range(3):
             if self._insert(values):
@@ -211,4 +217,6 @@ class JobService:
         quota.refund(self.session, job, now)
         job_events.changed(self.session, job.id, JobStatus.CANCELED)  # announced once the caller commits
         self.session.refresh(job)
+        for hook in self.on_finished:
+            hook(self.session, job, now)
         return job

@@ -170,7 +170,7 @@ def test_the_response_check_the_suite_runs_catches_what_the_document_does_not_sa
     job = {"id": str(uuid.uuid4()), "status": "queued", "prompt": "x", "duration_seconds": None,
            "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128", "provider": None,
            "created_at": "2026-01-05T10:00:00Z", "started_at": None, "finished_at": None, "attempts": 0,
-           "queue_reason": None, "error": None, "audio": None}
+           "queue_reason": None, "error": None, "audio": None, "webhook": None}
     path = f"/jobs/{job['id']}"
 
     def sent(body, status=200, mimetype="application/json"):

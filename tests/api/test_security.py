@@ -88,6 +88,7 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
                                   ids[argument]))
     assert {path for _, path, _ in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
                                                   f"/jobs/{job_id}/cancel", f"/jobs/{job_id}/events",
+                                                  f"/jobs/{job_id}/webhook-deliveries",
                                                   f"/auth/sessions/{session_id}"}
     # Ending the owner's session ends its token too: that route goes last.
     for method, path, the_id in sorted(id_routes, key=lambda route: route[2] == session_id):

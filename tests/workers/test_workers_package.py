@@ -10,7 +10,7 @@ from tests.support.processes import REPO_ROOT
 
 TASKS = ["sfx.accounts.purge_deleted_audio", "sfx.billing.apply_event", "sfx.billing.send_meter_event",
          "sfx.billing.sweep", "sfx.jobs.generate", "sfx.keys.maintain", "sfx.maintenance.sweep_stranded_jobs",
-         "sfx.notifications.deliver", "sfx.notifications.sweep"]
+         "sfx.notifications.deliver", "sfx.notifications.sweep", "sfx.webhooks.deliver", "sfx.webhooks.sweep"]
 
 
 def _python(code: str, tmp_path) -> dict:
@@ -29,6 +29,7 @@ import sfx_backend
 built = []
 sfx_backend.create_app = lambda *a, **k: built.append(1)
 import workers.accounts, workers.billing, workers.jobs, workers.keys, workers.maintenance, workers.notifications
+import workers.webhooks
 print(json.dumps({"built": len(built), "app_loaded": "workers.app" in sys.modules}))
 """, tmp_path)
     assert seen == {"built": 0, "app_loaded": False}

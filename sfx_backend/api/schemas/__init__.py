@@ -97,6 +97,12 @@ class GenerateSchema(Schema):
     prompt_influence = fields.Float(load_default=0.3, validate=validate.Range(0, 1))
     loop = StrictBoolean(load_default=False)
     output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav"]))
+    # Checked by the handler (api/jobs.py), which answers 422 `invalid_webhook_url` rather than validation_error.
+    webhook_url = fields.Raw(load_default=None, allow_none=True, metadata={
+        "type": "string", "format": "uri", "maxLength": 2000,
+        "description": "http or https URL that receives the job's completion event (signed per Standard "
+                       "Webhooks with the secret from `GET /user/webhook-secret`); see the `webhooks` section.",
+        "example": "https://example.com/hooks/sfx"})
 
 
 class JobErrorSchema(Schema):
@@ -109,6 +115,17 @@ class AudioSchema(Schema):
     expires_at = fields.DateTime()
     content_type = fields.String()
     size_bytes = fields.Integer(allow_none=True, metadata={"description": "Null when the store did not say."})
+
+
+class JobWebhookSchema(Schema):
+    url = fields.String()
+    status = fields.String(metadata={
+        "enum": ["waiting", "pending", "sending", "succeeded", "failed"],
+        "description": "`waiting`: the job has not ended yet; `pending`: an attempt is due (again); `succeeded`: "
+                       "the receiver answered 2xx; `failed`: no 2xx within the retry window."})
+    deliveries = fields.Integer(metadata={"description": "Delivery attempts made so far."})
+    last_status = fields.Integer(allow_none=True, metadata={
+        "description": "HTTP status of the last attempt; null before one, or when it got no answer."})
 
 
 class JobSchema(Schema):
@@ -129,6 +146,31 @@ class JobSchema(Schema):
     queue_reason = fields.String(allow_none=True)
     error = fields.Nested(JobErrorSchema, allow_none=True)
     audio = fields.Nested(AudioSchema, allow_none=True)
+    webhook = fields.Nested(JobWebhookSchema, allow_none=True, metadata={
+        "description": "The completion webhook: null when the job was submitted without `webhook_url`."})
+
+
+class WebhookAttemptSchema(Schema):
+    attempt = fields.Integer()
+    started_at = fields.DateTime()
+    duration_ms = fields.Integer()
+    http_status = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True, metadata={
+        "description": "Why the attempt failed without an answer (timeout, refused address...), or null."})
+
+
+class WebhookDeliveriesSchema(Schema):
+    webhook_id = fields.String(allow_none=True, metadata={
+        "description": "The `webhook-id` header every attempt carries; null until the job ends."})
+    url = fields.String(allow_none=True)
+    type = fields.String(allow_none=True, metadata={"enum": ["job.succeeded", "job.failed", "job.canceled", None]})
+    status = fields.String(metadata={"enum": ["none", "waiting", "pending", "sending", "succeeded", "failed"]})
+    next_attempt_at = fields.DateTime(allow_none=True)
+    items = fields.List(fields.Nested(WebhookAttemptSchema))
+
+
+class WebhookSecretSchema(Schema):
+    secret = fields.String(metadata={"example": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
 
 
 class PageQuerySchema(Schema):
