@@ -47,7 +47,7 @@ class SynthProvider:
         if duration is None:
             duration = default_duration(request.prompt)
         pcm = synthesize(request.prompt, duration, request.prompt_influence, request.loop)
-        if request.output_format == "wav":
+        if request.output_format in ("wav", "source"):  # "source": lossless, for the processing stage
             data, ctype, ext = pcm16_to_wav(pcm, SAMPLE_RATE), "audio/wav", "wav"
         else:
             data, ctype, ext = encode_mp3(pcm, SAMPLE_RATE), "audio/mpeg", "mp3"
@@ -71,7 +71,7 @@ def _validate(request: SoundRequest) -> None:
         problem = "duration_seconds must be between 0.5 and 30"
     elif not 0 <= request.prompt_influence <= 1:
         problem = "prompt_influence must be between 0 and 1"
-    elif request.output_format not in ("mp3", "wav"):
+    elif request.output_format not in ("mp3", "wav", "source"):
         problem = f"unknown output_format {request.output_format!r}"
     if problem:
         raise ProviderError(FailureKind.REJECTED, problem, upstream_code="validation_error")
