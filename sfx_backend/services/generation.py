@@ -346,8 +346,9 @@ class GenerationRunner(SpooledUploads, AudioProcessing):
         the processing stage on (the default), the slot is freed and committed as soon as the upstream has
         answered, so processing holds neither a slot nor a connection; with it off, the slot stays leased
         through the first upload and the settle (freeing it first costs a commit of its own: bench/README.md).
-        The audio is spooled first (a local file: a fraction of a millisecond), so from here on this job never calls the upstream again: a failed upload is retried on its own
-        (`_retry_upload`), and a delivery after this worker died uploads the spool (`_resume_spooled`).
+        The audio is spooled first (a local file: a fraction of a millisecond), so from here on this job never
+        calls the upstream again: a failed upload is retried on its own (`_retry_upload`), and a delivery
+        after this worker died uploads the spool (`_resume_spooled`).
         """
         self._spool_audio(job, key, audio, extra)
         if self._processing_on():
