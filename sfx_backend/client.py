@@ -330,12 +330,14 @@ class SfxClient:
 
     # ------------------------------------------------------------------ jobs
     def generate(self, prompt: str, duration_seconds: float | None = None, prompt_influence: float | None = None,
-                 loop: bool = False, output_format: str = "mp3", idempotency_key: str | None = None) -> dict:
+                 loop: bool = False, output_format: str = "mp3", idempotency_key: str | None = None,
+                 **audio_options: Any) -> dict:
         """Submit a generation and return the job (status `queued` on a fresh submit).
 
         Always sends an Idempotency-Key (a new uuid4 unless given) and retries connection errors,
         5xx and 429 with that same key, so one call never charges more than one generation.
-        The key used is in the returned dict's `idempotency_key`.
+        The key used is in the returned dict's `idempotency_key`. `audio_options`: the generate body's
+        audio options (`sample_rate`, `bit_depth`, `loudness_lufs`, `trim_silence`).
         """
         key = idempotency_key or str(uuid.uuid4())
         body: dict[str, Any] = {"prompt": prompt, "loop": bool(loop), "output_format": output_format}
@@ -343,6 +345,8 @@ class SfxClient:
             body["duration_seconds"] = duration_seconds
         if prompt_influence is not None:
             body["prompt_influence"] = prompt_influence
+        # sample_rate, bit_depth, loudness_lufs, trim_silence (see docs/api.md); unset ones are not sent.
+        body.update({k: v for k, v in audio_options.items() if v is not None})
         job = self.request("POST", "/usage/generate", json=body, headers={"Idempotency-Key": key}).json()
         job["idempotency_key"] = key
         return job
