@@ -165,7 +165,14 @@ def true_peak_dbtp(samples: np.ndarray) -> float:
 
 
 def integrated_loudness(samples: np.ndarray, rate: int) -> float | None:
-    """ITU-R BS.1770 integrated loudness in LUFS (pyloudnorm); None for silence.
+    """ITU-R BS.1770 integrated loudness in LUFS, measured with pyloudnorm; None for silence.
+
+    pyloudnorm works on the whole signal at once and holds about three float64 copies of it (40 MB for
+    30 s of 48 kHz stereo), so it is run here on overlapping segments of a few seconds and its gating
+    is finished over all of them. Each segment starts half a second early so the K-weighting filters
+    have settled by its first block (their transients die out within milliseconds), and a block's
+    loudness gives back its channel-weighted energy exactly, so the gates see the very blocks, and
+    the result is the number, that one pyloudnorm call on the whole signal gives.
 
     A sound shorter than one 400 ms gating block is measured as that one block (padded with silence):
     BS.1770 defines no loudness for less, and a short hit still deserves a level.
@@ -178,8 +185,44 @@ def integrated_loudness(samples: np.ndarray, rate: int) -> float | None:
         samples = padded
     if not np.any(samples):
         return None
-    value = pyloudnorm.Meter(rate).integrated_loudness(samples)
-    return None if not math.isfinite(value) else float(value)
+    energies = _block_energies(samples, rate)
+    with np.errstate(divide="ignore"):
+        levels = -0.691 + 10.0 * np.log10(energies)
+    above = levels >= _ABSOLUTE_GATE_LUFS
+    if not above.any():
+        return None
+    relative = -0.691 + 10.0 * math.log10(float(energies[above].mean())) - 10.0
+    gated = (levels > relative) & (levels > _ABSOLUTE_GATE_LUFS)
+    value = -0.691 + 10.0 * math.log10(float(energies[gated].mean()))
+    return value if math.isfinite(value) else None
+
+
+_ABSOLUTE_GATE_LUFS = -70.0
+_SEGMENT_BLOCKS = 50  # 5 s of 100 ms hops per pyloudnorm call
+_PREROLL_SECONDS = 0.5
+
+
+def _block_energies(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Channel-weighted mean square of every 400 ms block (hop 100 ms) after K-weighting, by pyloudnorm."""
+    frames = samples.shape[0]
+    hop = _BLOCK_SECONDS * 0.25 * rate
+    count = int(np.round((frames / rate - _BLOCK_SECONDS) / (_BLOCK_SECONDS * 0.25))) + 1  # pyloudnorm's
+    meter = pyloudnorm.Meter(rate)
+    energies = np.empty(count)
+    preroll = int(_PREROLL_SECONDS / (_BLOCK_SECONDS * 0.25))  # in blocks
+    first = 0
+    while first < count:
+        last = min(count, first + _SEGMENT_BLOCKS)
+        lead = min(first, preroll)
+        start = int(round((first - lead) * hop))
+        stop = frames if last == count else int(round((last - 1) * hop)) + int(_BLOCK_SECONDS * rate)
+        meter.integrated_loudness(samples[start:stop])
+        levels = np.asarray(meter.blockwise_loudness[lead: lead + last - first], dtype=np.float64)
+        energies[first: first + len(levels)] = 10.0 ** ((levels + 0.691) / 10.0)
+        if len(levels) < last - first:  # pyloudnorm counted one block fewer at the very end
+            energies[first + len(levels): last] = energies[first + len(levels) - 1]
+        first = last
+    return energies
 
 
 def normalization_gain_db(loudness_lufs: float | None, true_peak_dbtp: float, target_lufs: float,

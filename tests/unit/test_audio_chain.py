@@ -321,3 +321,12 @@ def test_the_chain_works_in_float32_and_does_not_touch_the_callers_array():
 
 def test_uuid_reference_is_32_characters():
     assert len(Tags("x", str(uuid.uuid4()), TAGS.created_at).reference) == 32
+
+
+@pytest.mark.parametrize("rate, seconds", [(44100, 0.45), (44100, 7.3), (48000, 5.55), (48000, 30.0)])
+def test_segmented_loudness_equals_one_pyloudnorm_call_on_the_whole_signal(rate, seconds):
+    rng = np.random.default_rng(int(seconds * 10))
+    n = int(seconds * rate)
+    x = (rng.standard_normal((n, 2)) * np.linspace(0.001, 0.3, n)[:, None]).astype(np.float32)
+    x[: n // 3] *= 0.01  # a quiet first third: the relative gate has blocks to drop
+    assert dsp.integrated_loudness(x, rate) == pytest.approx(pyloudnorm.Meter(rate).integrated_loudness(x), abs=1e-3)
