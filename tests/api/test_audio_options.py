@@ -66,3 +66,15 @@ def test_the_document_lists_the_options_and_the_waveform_route(client):
     assert "null" in audio["properties"]["bit_depth"]["type"]
     waveform = spec["paths"]["/jobs/{job_id}/waveform"]["get"]
     assert waveform["operationId"] == "getJobWaveform" and "404" in waveform["responses"]
+
+
+def test_a_request_without_audio_options_fingerprints_as_before_they_existed():
+    import hashlib
+    import json
+
+    from sfx_backend.services.jobs import GenerationParams
+
+    before = {"prompt": "rain", "duration_seconds": 2.0, "prompt_influence": 0.3, "loop": False, "output_format": "wav"}
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert GenerationParams(**before).fingerprint() == expected  # a replay across the upgrade is no conflict
+    assert GenerationParams(**before, sample_rate=48000).fingerprint() != expected
