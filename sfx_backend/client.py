@@ -342,12 +342,14 @@ class SfxClient:
 
     # ------------------------------------------------------------------ jobs
     def generate(self, prompt: str, duration_seconds: float | None = None, prompt_influence: float | None = None,
-                 loop: bool = False, output_format: str = "mp3", idempotency_key: str | None = None) -> dict:
+                 loop: bool = False, output_format: str = "mp3", idempotency_key: str | None = None,
+                 **audio_options: Any) -> dict:
         """Submit a generation and return the job (status `queued` on a fresh submit).
 
         Always sends an Idempotency-Key (a new uuid4 unless given) and retries connection errors,
         5xx and 429 with that same key, so one call never charges more than one generation.
-        The key used is in the returned dict's `idempotency_key`.
+        The key used is in the returned dict's `idempotency_key`. `audio_options`: the generate body's
+        audio options (`sample_rate`, `bit_depth`, `loudness_lufs`, `trim_silence`).
         """
         key = idempotency_key or str(uuid.uuid4())
         body: dict[str, Any] = {"prompt": prompt, "loop": bool(loop), "output_format": output_format}
@@ -355,6 +357,8 @@ class SfxClient:
             body["duration_seconds"] = duration_seconds
         if prompt_influence is not None:
             body["prompt_influence"] = prompt_influence
+        # sample_rate, bit_depth, loudness_lufs, trim_silence (see docs/api.md); unset ones are not sent.
+        body.update({k: v for k, v in audio_options.items() if v is not None})
         job = self.request("POST", "/usage/generate", json=body, headers={"Idempotency-Key": key}).json()
         job["idempotency_key"] = key
         return job
@@ -604,8 +608,12 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--duration", type=float, default=None, help="seconds, 0.5..30 (default: model chooses)")
     gen.add_argument("--prompt-influence", type=float, default=None, help="0..1 (server default 0.3)")
-    gen.add_argument("--format", choices=("mp3", "wav"), default="mp3")
+    gen.add_argument("--format", choices=("mp3", "wav", "flac"), default="mp3")
     gen.add_argument("--loop", action="store_true", help="ask for a seamless loop")
+    gen.add_argument("--sample-rate", type=int, choices=(44100, 48000), default=None, help="Hz (default 44100)")
+    gen.add_argument("--bit-depth", type=int, choices=(16, 24), default=None, help="wav and flac (default 16)")
+    gen.add_argument("--loudness", type=float, default=None, help="integrated LUFS, -40..-6 (default: as made)")
+    gen.add_argument("--trim", action="store_true", help="remove leading and trailing silence")
     gen.add_argument("--out", default="./out", help="download folder (default ./out)")
     gen.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the job")
     gen.add_argument("--idempotency-key", default=None, help="reuse a key to replay a previous submit")
@@ -683,7 +691,9 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         job = client.generate(args.prompt, duration_seconds=args.duration, prompt_influence=args.prompt_influence,
-                              loop=args.loop, output_format=args.format, idempotency_key=args.idempotency_key)
+                              loop=args.loop, output_format=args.format, idempotency_key=args.idempotency_key,
+                              sample_rate=args.sample_rate, bit_depth=args.bit_depth, loudness_lufs=args.loudness,
+                              trim_silence=args.trim or None)
         print(f"submitted job {job['id']} (status {job['status']}, idempotency key {job['idempotency_key']})")
 
         def show(j: dict, elapsed: float) -> None:

@@ -151,6 +151,9 @@ def audio_duration(path: Path, fmt: str) -> float | None:
         if fmt == "wav":
             rate, _channels, frames = wav_info(data)
             return frames / rate if rate else None
+        if fmt == "flac":
+            import soundfile
+            return soundfile.info(str(path)).duration or None
         return mp3_duration_seconds(data) or None
     except Exception:  # noqa: BLE001 - purely informative
         return None
@@ -307,9 +310,13 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
 
     # (e) submit
     printer.step(5, "Submitting a generation: POST /usage/generate")
-    printer.info(f"prompt {args.prompt!r}, {args.duration:g} s, {args.format}")
+    options = {"sample_rate": args.sample_rate, "bit_depth": None if args.format == "mp3" else args.bit_depth,
+               "loudness_lufs": args.loudness, "trim_silence": not args.no_trim}
+    printer.info(f"prompt {args.prompt!r}, {args.duration:g} s, {args.format}, {args.sample_rate} Hz"
+                 + (f", {args.bit_depth}-bit" if args.format != "mp3" else "")
+                 + f", {args.loudness:g} LUFS" + (", trimmed" if not args.no_trim else ""))
     try:
-        job = client.generate(args.prompt, duration_seconds=args.duration, output_format=args.format)
+        job = client.generate(args.prompt, duration_seconds=args.duration, output_format=args.format, **options)
     except ApiError as exc:
         if exc.code != "quota_exceeded":
             raise
@@ -318,7 +325,7 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
         printer.info(f"402 quota_exceeded: {exc.detail}")
         printer.info(f"(the demo user's trial allowance is used up; registering {email} to go on)")
         client.register(email, DEMO_PASSWORD)
-        job = client.generate(args.prompt, duration_seconds=args.duration, output_format=args.format)
+        job = client.generate(args.prompt, duration_seconds=args.duration, output_format=args.format, **options)
     printer.info(f"job {job['id']}: {job['status']}  (Idempotency-Key {job['idempotency_key']})")
     printer.done()
 
@@ -350,6 +357,12 @@ def run(args: argparse.Namespace, printer: Printer, children: list[Child]) -> in
     printer.info(f"saved {show_path(path)}")
     printer.info(f"size {size} bytes, content type {audio['content_type']}"
                  + (f", {seconds:.2f} s of audio" if seconds else ""))
+    measured = [f"{audio['duration_seconds']:.2f} s" if audio.get("duration_seconds") else None,
+                f"{audio['sample_rate']} Hz" if audio.get("sample_rate") else None,
+                f"{audio['bit_depth']}-bit" if audio.get("bit_depth") else None,
+                f"loudness {audio['loudness_lufs']:.1f} LUFS" if audio.get("loudness_lufs") is not None else None,
+                f"true peak {audio['true_peak_dbtp']:.1f} dBTP" if audio.get("true_peak_dbtp") is not None else None]
+    printer.info("measured on the stored file: " + ", ".join(m for m in measured if m))
     printer.info(f"provider: {provider}")
     if provider == "synth":
         printer.info("NOTE: provider 'synth' is an OFFLINE PROCEDURAL PLACEHOLDER, NOT AI. The sound is")
@@ -417,7 +430,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds (0.5..30), default 3")
-    parser.add_argument("--format", choices=("mp3", "wav"), default="mp3")
+    parser.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav",
+                        help="default wav: 48 kHz, 24-bit, loudness-normalised and trimmed, as a DAW wants it")
+    parser.add_argument("--sample-rate", type=int, choices=(44100, 48000), default=48000)
+    parser.add_argument("--bit-depth", type=int, choices=(16, 24), default=24, help="wav and flac only")
+    parser.add_argument("--loudness", type=float, default=-16.0, help="integrated LUFS (-40..-6), default -16")
+    parser.add_argument("--no-trim", action="store_true", help="keep leading and trailing silence")
     parser.add_argument("--out", default="./out", help="download folder, relative to the current directory")
     parser.add_argument("--app-dir", default=None,
                         help="directory holding wsgi.py and workers/ (default: next to this package)")

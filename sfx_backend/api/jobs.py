@@ -1,6 +1,7 @@
 """Generation jobs: submit (POST /usage/generate, alias POST /jobs), poll, list, download, cancel."""
 from __future__ import annotations
 
+import json
 import logging
 import unicodedata
 import uuid
@@ -14,12 +15,15 @@ from ..errors import InvalidWebhookUrl, NotFound, ServiceUnavailable, Validation
 from ..extensions import db
 from ..models import Job, JobStatus
 from ..runtime import runtime
+from ..storage.base import StorageError
 from ..services import jobs, webhook_targets, webhooks
 from ..services.dispatch import GENERATE_TASK
+from ..audio.chain import DEFAULT_BIT_DEPTH, DEFAULT_SAMPLE_RATE
 from ..services.jobs import GenerationParams, JobService
 from . import limits, waiting
 from .common import BEARER, Blueprint, caller_allowance, problem_responses
-from .schemas import GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema, WebhookDeliveriesSchema
+from .schemas import (GenerateSchema, JobListQuerySchema, JobPageSchema, JobSchema, WaveformSchema,
+                      WebhookDeliveriesSchema)
 from .schemas.text import CONTROL_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -45,11 +49,11 @@ def serialize_job(job: Job | sa.Row) -> dict:
     if job.status == JobStatus.SUCCEEDED and job.storage_key:
         link = _download_url(job)
         audio = {"url": link.url, "expires_at": link.expires_at, "content_type": job.content_type,
-                 "size_bytes": job.size_bytes}
+                 "size_bytes": job.size_bytes, **_measured(job)}
     return {
         "id": job.id, "status": job.status.value, "prompt": job.prompt,
         "duration_seconds": job.duration_seconds, "prompt_influence": job.prompt_influence,
-        "loop": job.loop, "output_format": job.output_format.value, "provider": job.provider,
+        "loop": job.loop, "output_format": job.output_format.value, **_audio_options(job), "provider": job.provider,
         "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
         "attempts": job.attempts,
         "queue_reason": job.queue_reason if job.status == JobStatus.QUEUED else None,
@@ -80,6 +84,22 @@ def _webhook_url(value: object) -> str | None:
     return value
 
 
+def _audio_options(job: Job | sa.Row) -> dict:
+    """The audio options as they apply (the defaults filled in)."""
+    lossless = job.output_format.value != "mp3"
+    return {"sample_rate": job.sample_rate or DEFAULT_SAMPLE_RATE,
+            "bit_depth": (job.bit_depth or DEFAULT_BIT_DEPTH) if lossless else None,
+            "loudness_lufs": job.loudness_lufs, "trim_silence": bool(job.trim_silence)}
+
+
+def _measured(job: Job | sa.Row) -> dict:
+    """What was measured on the stored file (null for a file stored before measuring)."""
+    return {"duration_seconds": job.audio_duration_seconds, "sample_rate": job.audio_sample_rate,
+            "channels": job.audio_channels, "bit_depth": job.audio_bit_depth,
+            "loudness_lufs": job.audio_loudness_lufs, "true_peak_dbtp": job.audio_true_peak_dbtp,
+            "peaks_url": f"/jobs/{job.id}/waveform" if job.peaks_key else None}
+
+
 def _download_url(job: Job):
     ext = job.output_format.value
     return runtime().storage.download_url(
@@ -98,7 +118,9 @@ def _submit(body: dict):
                                errors={"Idempotency-Key": [CONTROL_MESSAGE]})
     params = GenerationParams(prompt=body["prompt"], duration_seconds=body["duration_seconds"],
                               prompt_influence=body["prompt_influence"], loop=body["loop"],
-                              output_format=body["output_format"], webhook_url=_webhook_url(body.get("webhook_url")))
+                              output_format=body["output_format"], sample_rate=body["sample_rate"],
+                              bit_depth=body["bit_depth"], loudness_lufs=body["loudness_lufs"],
+                              trim_silence=body["trim_silence"], webhook_url=_webhook_url(body.get("webhook_url")))
     job, created = _service().submit(current_user, params, key.strip() if key else None,
                                      getattr(g, "request_id", None), allowance=caller_allowance())
     # Serialised before the commit: afterwards every attribute would be reloaded from the database.
@@ -213,6 +235,23 @@ def get_audio(job_id: uuid.UUID):
     response = redirect(_download_url(job).url, code=302)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@blp.route("/jobs/<uuid:job_id>/waveform", methods=["GET"])
+@jwt_required()
+@blp.response(200, WaveformSchema)
+@blp.doc(security=BEARER)
+@problem_responses(blp, 401, 404)
+def get_waveform(job_id: uuid.UUID):
+    """The waveform overview of the job's audio, for drawing it (only its owner; 404 when there is none)."""
+    job = _service().get(current_user.id, job_id)
+    if job.status != JobStatus.SUCCEEDED or not job.peaks_key:
+        raise NotFound("This job has no waveform.")
+    try:
+        data = runtime().storage.get(job.peaks_key)
+    except StorageError:
+        raise NotFound("This job's waveform is not available.") from None
+    return json.loads(data)
 
 
 @blp.route("/jobs/<uuid:job_id>/cancel", methods=["POST"])

@@ -38,7 +38,8 @@ def document_file_downloads(app: Flask, api: Api) -> None:
         "responses": {
             "200": {"description": "The audio file.",
                     "content": {"audio/mpeg": {"schema": {"type": "string", "format": "binary"}},
-                                "audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                                "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                                "audio/flac": {"schema": {"type": "string", "format": "binary"}}}},
             "403": {"description": "Expired or invalid signature.", "content": _PROBLEM},
             "404": {"description": "No such file, or not the local storage backend.", "content": _PROBLEM},
             "default": {"$ref": "#/components/responses/DEFAULT_ERROR"},
@@ -67,6 +68,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("get", "/jobs"): "listJobs", ("get", "/jobs/{job_id}"): "getJob",
     ("get", "/jobs/{job_id}/audio"): "downloadJobAudio", ("post", "/jobs/{job_id}/cancel"): "cancelJob",
     ("get", "/jobs/{job_id}/events"): "followJobEvents",
+    ("get", "/jobs/{job_id}/waveform"): "getJobWaveform",
     ("get", "/usage/current"): "getCurrentUsage", ("get", "/usage/history"): "getUsageHistory",
     ("get", "/usage/limits"): "getUsageLimits", ("get", "/usage/export"): "exportUsage",
     ("get", "/health"): "health", ("get", "/health/ready"): "readiness", ("get", "/metrics"): "metrics",
@@ -103,7 +105,8 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
 
 _JOB_ID = "3f0c2a8e-5b1d-4c6e-9a7f-1d2e3c4b5a69"
 _JOB_BASE = {"id": _JOB_ID, "prompt": "glass shattering on a stone floor", "duration_seconds": 2.5,
-             "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128",
+             "prompt_influence": 0.3, "loop": False, "output_format": "wav", "sample_rate": 48000,
+             "bit_depth": 24, "loudness_lufs": -16.0, "trim_silence": True,
              "created_at": "2026-01-05T10:00:00Z", "attempts": 0, "queue_reason": None,
              "error": None, "audio": None, "provider": None, "started_at": None, "finished_at": None,
              "webhook": None}
@@ -112,8 +115,10 @@ JOB_EXAMPLES = {
     "succeeded": {"summary": "Finished: download from audio.url", "value": {
         **_JOB_BASE, "status": "succeeded", "provider": "elevenlabs", "attempts": 1,
         "started_at": "2026-01-05T10:00:01Z", "finished_at": "2026-01-05T10:00:04Z",
-        "audio": {"url": "https://audio.example.com/sfx/3f0c2a8e.mp3?X-Amz-Signature=...",
-                  "expires_at": "2026-01-05T11:00:04Z", "content_type": "audio/mpeg", "size_bytes": 40960}}},
+        "audio": {"url": "https://audio.example.com/sfx/3f0c2a8e.wav?X-Amz-Signature=...",
+                  "expires_at": "2026-01-05T11:00:04Z", "content_type": "audio/wav", "size_bytes": 346252,
+                  "duration_seconds": 2.4, "sample_rate": 48000, "channels": 1, "bit_depth": 24,
+                  "loudness_lufs": -16.0, "true_peak_dbtp": -3.2, "peaks_url": f"/jobs/{_JOB_ID}/waveform"}}},
     "failed": {"summary": "Failed: the quota was given back", "value": {
         **_JOB_BASE, "status": "failed", "provider": "elevenlabs", "attempts": 3,
         "started_at": "2026-01-05T10:00:01Z", "finished_at": "2026-01-05T10:00:09Z",

@@ -34,6 +34,7 @@ class QuotaState(str, enum.Enum):
 class OutputFormat(str, enum.Enum):
     MP3 = "mp3"
     WAV = "wav"
+    FLAC = "flac"
 
 
 class Job(db.Model):
@@ -50,6 +51,12 @@ class Job(db.Model):
     loop: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
     output_format: Mapped[OutputFormat] = mapped_column(pg_enum(OutputFormat, "output_format"),
                                                         nullable=False, default=OutputFormat.MP3)
+    # Audio options as asked (null: the default, 44.1 kHz, 16-bit for lossless, level untouched).
+    sample_rate: Mapped[int | None] = mapped_column(sa.Integer)
+    bit_depth: Mapped[int | None] = mapped_column(sa.Integer)
+    loudness_lufs: Mapped[float | None] = mapped_column(sa.Float)
+    trim_silence: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False,
+                                               server_default=sa.false())
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     provider: Mapped[str | None] = mapped_column(sa.String(32))
@@ -66,6 +73,16 @@ class Job(db.Model):
     storage_key: Mapped[str | None] = mapped_column(sa.String(512))
     content_type: Mapped[str | None] = mapped_column(sa.String(64))
     size_bytes: Mapped[int | None] = mapped_column(sa.Integer)
+    # Measured on the stored file (sfx_backend/audio/chain.py); null for jobs stored before measuring.
+    audio_duration_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    audio_sample_rate: Mapped[int | None] = mapped_column(sa.Integer)
+    audio_channels: Mapped[int | None] = mapped_column(sa.Integer)
+    audio_bit_depth: Mapped[int | None] = mapped_column(sa.Integer)
+    audio_loudness_lufs: Mapped[float | None] = mapped_column(sa.Float)
+    audio_true_peak_dbtp: Mapped[float | None] = mapped_column(sa.Float)
+    peaks_key: Mapped[str | None] = mapped_column(sa.String(512))  # the waveform overview's object
+    # The upstream's answer as it came, kept when processing it failed, for an operator to look at.
+    original_key: Mapped[str | None] = mapped_column(sa.String(512))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     request_id: Mapped[str | None] = mapped_column(sa.String(64))
     # Where the job's completion event is POSTed (services/webhooks.py); null: no webhook.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -14,10 +14,13 @@ class SoundRequest:
     duration_seconds: float | None = None
     prompt_influence: float = 0.3
     loop: bool = False
-    output_format: str = "mp3"  # "mp3" | "wav"
+    # "mp3" | "wav": the stored container; "source": the upstream's answer as it came (MP3, or its PCM in a
+    # WAV header), for the processing stage (sfx_backend/audio/) to turn into the stored file.
+    output_format: str = "mp3"
     # The upstream's own format to ask for (`mp3_44100_192`, `pcm_44100`), chosen per key from what its
     # tier allows; None lets the provider pick its default for `output_format`.
     upstream_format: str | None = None
+    sample_rate: int = 44100  # what the stored file will be: a 48 kHz job prefers 48 kHz from the upstream
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class GeneratedAudio:
     http_status: int | None = None
     latency_ms: int | None = None
     upstream_format: str | None = None  # what was asked of the upstream, when it differs by key
+    # Set by the processing stage on the file it made: its measurements (audio.chain.Measurement) and its
+    # waveform overview (JSON), stored next to it.
+    measurement: Any = None
+    waveform: bytes | None = None
 
 
 class FailureKind(str, Enum):

@@ -95,16 +95,20 @@ class ElevenLabsClient:
     def __repr__(self) -> str:
         return f"ElevenLabsClient(base_url={self.base_url!r}, model_id={self.model_id!r})"
 
-    def choose_format(self, output_format: str, tier: str | None, refused: frozenset[str] = frozenset()
-                      ) -> str | None:
+    def choose_format(self, output_format: str, tier: str | None, refused: frozenset[str] = frozenset(),
+                      sample_rate: int = 44100) -> str | None:
         """The upstream format to ask a key of `tier` for, for a job stored as `output_format`.
 
         WAV prefers the configured PCM format, then the best MP3 the tier allows (decoded to PCM here);
-        MP3 is always the baseline every tier may use. None when the key refused all of them."""
+        MP3 is always the baseline every tier may use. `source` (the processing stage converts) asks for the
+        best the tier allows: PCM at the job's rate (`pcm_48000` for 48 kHz), the configured PCM, then the
+        MP3s. None when the key refused all of them."""
         if output_format == "mp3":
             preferences: tuple[str, ...] = (MP3_FORMAT,)
         elif output_format == "wav":
             preferences = tuple(dict.fromkeys((self.pcm_format, *WAV_FALLBACKS)))
+        elif output_format == "source":
+            preferences = tuple(dict.fromkeys((f"pcm_{sample_rate}", self.pcm_format, *WAV_FALLBACKS)))
         else:
             return None
         return choose_format(preferences, tier, refused)
@@ -114,9 +118,11 @@ class ElevenLabsClient:
         if not api_key:
             # A programming error, not an upstream failure: no key to disable, nothing to retry.
             raise ValueError("ElevenLabsClient.generate needs an api_key")
-        upstream_format = request.upstream_format or self.choose_format(request.output_format, None)
+        upstream_format = request.upstream_format or self.choose_format(request.output_format, None,
+                                                                        sample_rate=request.sample_rate)
         codec = _codec(upstream_format)
-        if (request.output_format, codec) not in (("mp3", "mp3"), ("wav", "pcm"), ("wav", "mp3")):
+        if (request.output_format, codec) not in (("mp3", "mp3"), ("wav", "pcm"), ("wav", "mp3"),
+                                                  ("source", "pcm"), ("source", "mp3")):
             raise ProviderError(
                 FailureKind.REJECTED,
                 f"cannot store {upstream_format!r} as output_format {request.output_format!r}",
@@ -159,8 +165,8 @@ class ElevenLabsClient:
                 problem, code = f"upstream audio did not decode ({exc})", "undecodable_audio"
             else:
                 data = pcm16_to_wav(decoded.pcm, decoded.sample_rate, decoded.channels)
-        elif request.output_format == "wav":
-            data = pcm16_to_wav(data, sample_rate_of(upstream_format))
+        elif request.output_format in ("wav", "source") and codec == "pcm":
+            data = pcm16_to_wav(data, sample_rate_of(upstream_format))  # lossless: the PCM, with a header
         if problem:
             raise ProviderError(
                 FailureKind.TRANSIENT,
@@ -170,7 +176,7 @@ class ElevenLabsClient:
                 latency_ms=latency_ms,
                 extra={"upstream_request_id": request_id, "output_format": upstream_format},
             )
-        if request.output_format == "wav":
+        if request.output_format == "wav" or (request.output_format == "source" and codec == "pcm"):
             content_type, extension = "audio/wav", "wav"
         else:
             content_type, extension = "audio/mpeg", "mp3"

@@ -47,7 +47,7 @@ class SynthProvider:
         if duration is None:
             duration = default_duration(request.prompt)
         pcm = synthesize(request.prompt, duration, request.prompt_influence, request.loop)
-        if request.output_format == "wav":
+        if request.output_format in ("wav", "source"):  # "source": lossless, for the processing stage
             data, ctype, ext = pcm16_to_wav(pcm, SAMPLE_RATE), "audio/wav", "wav"
         else:
             data, ctype, ext = encode_mp3(pcm, SAMPLE_RATE), "audio/mpeg", "mp3"
@@ -71,7 +71,7 @@ def _validate(request: SoundRequest) -> None:
         problem = "duration_seconds must be between 0.5 and 30"
     elif not 0 <= request.prompt_influence <= 1:
         problem = "prompt_influence must be between 0 and 1"
-    elif request.output_format not in ("mp3", "wav"):
+    elif request.output_format not in ("mp3", "wav", "source"):
         problem = f"unknown output_format {request.output_format!r}"
     if problem:
         raise ProviderError(FailureKind.REJECTED, problem, upstream_code="validation_error")
@@ -199,14 +199,26 @@ def _envelope(blocks: int, n: int, rng: random.Random, loop: bool) -> list[int |
         attack = max(_BLOCK, int(rng.uniform(0.003, 0.12) * SAMPLE_RATE))
         release = max(_BLOCK, min(n // 4, int(0.03 * SAMPLE_RATE)))
         decay = rng.uniform(0.5, 4.0)
+        # Like a recording: a moment of silence before the sound and after its tail (about 0.1 to 0.25 s
+        # before, 0.1 s after; less for short sounds), so trimming has something to remove.
+        lead = min(n // 8, int((0.1 + (_seed_of(rng) % 150) / 1000) * SAMPLE_RATE)) // _BLOCK * _BLOCK
+        end = n - min(n // 10, int(0.1 * SAMPLE_RATE))
         for b in range(blocks):
             i = b * _BLOCK
-            g = min(1.0, (i + _BLOCK) / attack) * math.exp(-decay * i / n)
+            if i < lead:
+                gains.append(0.0)
+                continue
+            g = min(1.0, (i - lead + _BLOCK) / attack) * math.exp(-decay * (i - lead) / n)
             # The last 256+ samples are exact silence so a one-shot never clicks when cut.
-            g *= max(0.0, min(1.0, (n - 2 * _BLOCK - i) / release))
+            g *= max(0.0, min(1.0, (min(end, n - 2 * _BLOCK) - i) / release))
             gains.append(g)
     floor = 10 ** (-_FLOOR_DB / 20)
     return [None if g < floor else round(-20 * math.log10(g)) for g in gains]
+
+
+def _seed_of(rng: random.Random) -> int:
+    """A number from the generator's state that does not advance it (the other traits stay as they were)."""
+    return rng.getstate()[1][0]
 
 
 def _crossfade_loop(samples: list[int], n: int, xfade: int) -> list[int]:

@@ -113,16 +113,17 @@ class AccountService:
         cancel_stripe_subscriptions(self.session, user, self.billing)
         now = self.clock()
         user_id = user.id
-        jobs = self.session.execute(sa.select(Job.id, Job.status, Job.storage_key, Job.output_format)
+        jobs = self.session.execute(sa.select(Job.id, Job.status, Job.storage_key, Job.output_format,
+                                              Job.peaks_key, Job.original_key)
                                     .where(Job.user_id == user_id)).all()
         keys_now: set[str] = set()
         keys_later: set[str] = set()
-        for job_id, status, storage_key, output_format in jobs:
-            if storage_key:
-                keys_now.add(storage_key)
+        for job_id, status, storage_key, output_format, peaks_key, original_key in jobs:
+            keys_now.update(key for key in (storage_key, peaks_key, original_key) if key)
             if status not in FINISHED:
                 # A worker may still upload this job's audio: delete its key again once any lease has lapsed.
                 keys_later.add(f"audio/{user_id}/{job_id}.{output_format.value}")
+                keys_later.add(f"audio/{user_id}/{job_id}.peaks.json")
                 job_events.changed(self.session, job_id, JobStatus.CANCELED)  # its waiters re-read (and 404)
         # Unfinished jobs stop here; marking the unit refunded keeps a late worker from settling it.
         self.session.execute(
@@ -134,7 +135,7 @@ class AccountService:
         self.session.execute(
             sa.update(Job).where(Job.user_id == user_id)
             .values(user_id=None, prompt="", idempotency_key=None, request_hash=None, request_id=None,
-                    storage_key=None, error_message=None, updated_at=now)
+                    storage_key=None, peaks_key=None, original_key=None, error_message=None, updated_at=now)
             .execution_options(synchronize_session=False))
         self.session.execute(
             sa.update(ApiUsage).where(ApiUsage.user_id == user_id).values(user_id=None, prompt="")

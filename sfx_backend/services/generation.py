@@ -30,6 +30,7 @@ from ..storage.base import Storage, StorageError
 from ..storage.spool import AudioSpool
 from . import job_events, quota
 from .key_pool import KeyPool, LeasedKey, renew_leases, slot_freed
+from .processing import AudioProcessing
 from .spooled_upload import SpooledUploads, elapsed_ms
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class RunnerSettings:
     # Between upload tries of audio already generated (the worker thread waits, the job keeps its lease).
     storage_retry_base_seconds: float = 2.0
     storage_retry_max_seconds: float = 30.0
+    # The processing stage (services/processing.py): off, the upstream's answer is stored as it came in the
+    # job's container (the bench compares both).
+    process_audio: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def storage_key_for(job: Job, extension: str) -> str:
     return f"audio/{job.user_id}/{job.id}.{extension}"
 
 
-class GenerationRunner(SpooledUploads):
+class GenerationRunner(SpooledUploads, AudioProcessing):
     def __init__(self, session: Session, provider: SoundProvider, storage: Storage,
                  key_pool: KeyPool | None, clock: Callable[[], datetime],
                  settings: RunnerSettings = RunnerSettings(),
@@ -292,12 +296,13 @@ class GenerationRunner(SpooledUploads):
                  refused: frozenset[str] = frozenset()) -> SoundRequest:
         """The request for this job on this key: the upstream format is the best the key's tier allows."""
         upstream_format = None
+        output_format, sample_rate = self._provider_format(job), job.sample_rate or 44100
         choose = getattr(self.provider, "choose_format", None)
         if key is not None and choose is not None:
-            upstream_format = choose(job.output_format.value, key.tier, refused)
+            upstream_format = choose(output_format, key.tier, refused, sample_rate=sample_rate)
         return SoundRequest(prompt=job.prompt, duration_seconds=job.duration_seconds,
                             prompt_influence=job.prompt_influence, loop=job.loop,
-                            output_format=job.output_format.value, upstream_format=upstream_format)
+                            output_format=output_format, upstream_format=upstream_format, sample_rate=sample_rate)
 
     def _after_failure(self, job: Job, key: LeasedKey | None, error: ProviderError,
                        tried: set[uuid.UUID], extra: dict) -> RunResult | None:
@@ -344,14 +349,24 @@ class GenerationRunner(SpooledUploads):
                           extra: dict) -> RunResult:
         """Spool, upload, then record the attempt, free the key slot and settle in one durable transaction.
 
-        Nothing is written to the database before the upload, so no transaction stays open across it. The
-        slot stays leased through the first upload and the settle: freeing it before the upload took a
-        commit of its own on every job's path, and measured slower in both the pipeline and the saturation
-        bench (bench/README.md). The audio is spooled first (a local file: a fraction of a millisecond), so
-        from here on this job never calls the upstream again: a failed upload is retried on its own
-        (`_retry_upload`), and a delivery after this worker died uploads the spool (`_resume_spooled`).
+        Nothing is written to the database before the upload, so no transaction stays open across it. With
+        the processing stage on (the default), the slot is freed and committed as soon as the upstream has
+        answered, so processing holds neither a slot nor a connection; with it off, the slot stays leased
+        through the first upload and the settle (freeing it first costs a commit of its own: bench/README.md).
+        The audio is spooled first (a local file: a fraction of a millisecond), so from here on this job never
+        calls the upstream again: a failed upload is retried on its own (`_retry_upload`), and a delivery
+        after this worker died uploads the spool (`_resume_spooled`).
         """
         self._spool_audio(job, key, audio, extra)
+        if self._processing_on():
+            # The upstream has answered: its slot is freed now, before the CPU work of processing, and the
+            # commit ends the transaction so processing holds no database connection either.
+            setup, key_id = self._job_audio_setup(job), key.id if key else None
+            self._release(key)
+            self.session.commit()
+            if key is not None:
+                slot_freed.notify()
+            return self._process_and_upload(job, key_id, audio, extra, setup)
         return self._upload(job, key, key.id if key else None, audio, extra)
 
     def _upload(self, job: Job, key: LeasedKey | None, key_id: uuid.UUID | None, audio: GeneratedAudio,
@@ -363,7 +378,7 @@ class GenerationRunner(SpooledUploads):
             # The heartbeat covers the upload as well: a store that hangs must not let the job's lease
             # lapse (another delivery would buy the sound again) nor the slot's (the key would oversubscribe).
             with self._heartbeat(job, key):
-                self.storage.put(object_key, audio.data, audio.content_type)
+                self._put_audio(object_key, audio)
         except StorageError as error:
             return self._retry_upload(job, key, key_id, audio, object_key, error, elapsed_ms(started), extra)
         return self._finish_stored(job, key, key_id, audio, object_key, extra)
@@ -393,6 +408,7 @@ class GenerationRunner(SpooledUploads):
                 hook(self.session, job, now)
         job.status = JobStatus.SUCCEEDED
         job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
+        self._record_measurement(job, audio, object_key)
         job.finished_at, job.lease_until, job.queue_reason = now, None, None
         job.error_code = job.error_message = None
         for hook in self.on_finished:

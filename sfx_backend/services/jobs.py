@@ -31,14 +31,25 @@ class GenerationParams:
     prompt_influence: float = 0.3
     loop: bool = False
     output_format: str = "mp3"
+    sample_rate: int | None = None
+    bit_depth: int | None = None
+    loudness_lufs: float | None = None
+    trim_silence: bool = False
     webhook_url: str | None = None
 
     def fingerprint(self) -> str:
-        """A hash of the request body, to tell a retry from a different request under the same key."""
+        """A hash of the request body, to tell a retry from a different request under the same key.
+
+        The audio options and the webhook URL count only when given: a request made before they existed
+        hashes as it did."""
         body = asdict(self)
-        if body["webhook_url"] is None:
-            del body["webhook_url"]  # so a body without one hashes as it did before webhooks existed
+        for name in _OPTIONAL_FIELDS:
+            if body[name] in (None, False):
+                del body[name]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+_OPTIONAL_FIELDS = ("sample_rate", "bit_depth", "loudness_lufs", "trim_silence", "webhook_url")
 
 
 @lru_cache(maxsize=None)
@@ -54,7 +65,10 @@ def _insert_job_statement(dialect: str) -> sa.Insert:
 _jobs = Job.__table__
 _SHOWN = ("id", "status", "prompt", "duration_seconds", "prompt_influence", "loop", "output_format", "provider",
           "created_at", "started_at", "finished_at", "attempts", "queue_reason", "error_code", "error_message",
-          "storage_key", "content_type", "size_bytes", "webhook_url")
+          "storage_key", "content_type", "size_bytes", "sample_rate", "bit_depth", "loudness_lufs", "trim_silence",
+          "audio_duration_seconds", "audio_sample_rate", "audio_channels", "audio_bit_depth", "audio_loudness_lufs",
+          "audio_true_peak_dbtp", "peaks_key",
+          "webhook_url")
 _OWNED_JOB = sa.select(*(_jobs.c[name] for name in _SHOWN)).where(
     _jobs.c.id == sa.bindparam("id"), _jobs.c.user_id == sa.bindparam("user_id"))
 
@@ -116,6 +130,10 @@ class JobService:
             "id": uuid.uuid4(), "user_id": user.id, "status": JobStatus.QUEUED, "prompt": params.prompt,
             "duration_seconds": params.duration_seconds, "prompt_influence": params.prompt_influence,
             "loop": params.loop, "output_format": OutputFormat(params.output_format),
+            "sample_rate": params.sample_rate, "bit_depth": params.bit_depth, "loudness_lufs": params.loudness_lufs,
+            "trim_silence": params.trim_silence, "audio_duration_seconds": None, "audio_sample_rate": None,
+            "audio_channels": None, "audio_bit_depth": None, "audio_loudness_lufs": None,
+            "audio_true_peak_dbtp": None, "peaks_key": None, "original_key": None,
             "idempotency_key": idempotency_key, "request_hash": fingerprint, "provider": None,
             "plan": allowance.plan, "attempts": 0, "queue_reason": None, "error_code": None,
             "error_message": None, "quota_period": allowance.period_key, "quota_state": QuotaState.RESERVED,

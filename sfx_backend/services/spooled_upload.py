@@ -107,7 +107,7 @@ class SpooledUploads:
             slot_freed.notify()
         log.info("spooled audio found, uploading it without calling the upstream",
                  extra={**extra, "event": "spool_resumed", "key": meta.get("key_name")})
-        return self._upload(job, None, key_id, audio, extra)
+        return self._process_and_upload(job, key_id, audio, extra)  # the spool holds the upstream's answer
 
     def _retry_upload(self, job: Job, key: LeasedKey | None, key_id: uuid.UUID | None, audio: GeneratedAudio,
                       object_key: str, error: StorageError, latency_ms: int, extra: dict) -> RunResult:
@@ -148,7 +148,7 @@ class SpooledUploads:
                                          self.settings.storage_retry_max_seconds))
                 started = time.monotonic()
                 try:
-                    self.storage.put(object_key, audio.data, audio.content_type)
+                    self._put_audio(object_key, audio)
                     uploaded = True
                 except StorageError as exc:
                     error, latency_ms, uploaded = exc, elapsed_ms(started), False

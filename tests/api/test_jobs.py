@@ -37,7 +37,7 @@ def test_generate_applies_the_contract_defaults(user):
     ({"prompt": "ok", "duration_seconds": 30.5}, "duration_seconds"),
     ({"prompt": "ok", "duration_seconds": "long"}, "duration_seconds"),
     ({"prompt": "ok", "prompt_influence": 1.5}, "prompt_influence"),
-    ({"prompt": "ok", "output_format": "flac"}, "output_format"),
+    ({"prompt": "ok", "output_format": "ogg"}, "output_format"),
     ({"prompt": "ok", "loop": "sometimes"}, "loop"),
     ({"prompt": "ok", "loop": 1}, "loop"),
     ({"prompt": "ok", "loop": "true"}, "loop"),

@@ -169,6 +169,7 @@ def test_the_response_check_the_suite_runs_catches_what_the_document_does_not_sa
     document = Document(spec)
     job = {"id": str(uuid.uuid4()), "status": "queued", "prompt": "x", "duration_seconds": None,
            "prompt_influence": 0.3, "loop": False, "output_format": "mp3_44100_128", "provider": None,
+           "sample_rate": 44100, "bit_depth": None, "loudness_lufs": None, "trim_silence": False,
            "created_at": "2026-01-05T10:00:00Z", "started_at": None, "finished_at": None, "attempts": 0,
            "queue_reason": None, "error": None, "audio": None, "webhook": None}
     path = f"/jobs/{job['id']}"

@@ -92,6 +92,8 @@ def _finished_job(app, user, prompt: str) -> Job:
     app.extensions["sfx"].storage.put(key, b"ID3 fake audio", "audio/mpeg")
     job.status, job.storage_key, job.content_type, job.size_bytes = JobStatus.SUCCEEDED, key, "audio/mpeg", 14
     job.quota_state, job.finished_at = QuotaState.SETTLED, utcnow()
+    job.peaks_key = f"audio/{user.id}/{job.id}.peaks.json"
+    app.extensions["sfx"].storage.put(job.peaks_key, b'{"samples_per_peak": 1, "peaks": []}', "application/json")
     db.session.add(ApiUsage(user_id=job.user_id, job_id=job.id, prompt=prompt, success=True, cost_cents=4,
                             provider="synth", upstream_credits=100))
     db.session.commit()
@@ -101,7 +103,7 @@ def _finished_job(app, user, prompt: str) -> Job:
 def test_account_deletion_removes_the_person_and_keeps_anonymised_usage(app, client, user, sender):
     storage = app.extensions["sfx"].storage
     done = _finished_job(app, user, "my secret project: dragon roar")
-    done_id, done_key = done.id, done.storage_key
+    done_id, done_key, done_peaks = done.id, done.storage_key, done.peaks_key
     running = user.generate("still running").get_json()["id"]
     user_id = uuid.UUID(user.id)
     db.session.add(AuditEntry(actor_id=uuid.uuid4(), actor_email="boss@example.com", action="user.status_changed",
@@ -128,15 +130,19 @@ def test_account_deletion_removes_the_person_and_keeps_anonymised_usage(app, cli
     assert (note.kind, note.user_id, note.recipient) == ("account_deleted", None, user.email)
     # Audio: the stored object now, the running job's possible upload again after its lease.
     deletions = {d.storage_key: d for d in db.session.query(StorageDeletion)}
-    assert set(deletions) == {done_key, f"audio/{user.id}/{running}.mp3"}
+    # (and its waveform overview, stored next to the audio)
+    assert set(deletions) == {done_key, done_peaks, f"audio/{user.id}/{running}.mp3",
+                              f"audio/{user.id}/{running}.peaks.json"}
     assert deletions[f"audio/{user.id}/{running}.mp3"].not_before > utcnow() + timedelta(
         seconds=app.config["JOB_LEASE_SECONDS"])
     purges = [(args, countdown) for name, args, countdown in sender.sent if name == PURGE_AUDIO_TASK]
     assert purges[0] == ([], None) and purges[1][1] > app.config["JOB_LEASE_SECONDS"]
-    assert purge_deleted_audio(db.session, storage, app.extensions["sfx"].clock) == 1
-    with pytest.raises(Exception):  # noqa: B017 - gone, whatever error this store reports it with
-        storage.get(done_key)
-    assert [d.storage_key for d in db.session.query(StorageDeletion)] == [f"audio/{user.id}/{running}.mp3"]
+    assert purge_deleted_audio(db.session, storage, app.extensions["sfx"].clock) == 2  # the audio and its waveform
+    for gone in (done_key, done_peaks):
+        with pytest.raises(Exception):  # noqa: B017 - gone, whatever error this store reports it with
+            storage.get(gone)
+    assert sorted(d.storage_key for d in db.session.query(StorageDeletion)) == [
+        f"audio/{user.id}/{running}.mp3", f"audio/{user.id}/{running}.peaks.json"]
     # The address is free again.
     again = client.post("/auth/register", json={"email": user.email, "password": "0123456789"})
     assert again.status_code == 201 and again.get_json()["user"]["id"] != user.id

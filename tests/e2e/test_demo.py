@@ -21,7 +21,9 @@ import sys
 import wave
 from pathlib import Path
 
+import pyloudnorm
 import pytest
+import soundfile
 
 from sfx_backend.providers.audio import mp3_duration_seconds
 
@@ -87,34 +89,42 @@ def assert_common(code: int, out: str, instance: Path) -> Path:
     return Path(match.group(1))
 
 
-def test_demo_generates_an_mp3_into_out(demo_dirs):
+def test_demo_generates_a_48_khz_24_bit_normalised_trimmed_wav_into_out(demo_dirs):
     cwd, instance = demo_dirs
     code, out = run_demo(cwd, instance, "--duration", "2.5")
     saved = assert_common(code, out, instance)
 
-    files = list((cwd / "out").glob("*.mp3"))
+    files = list((cwd / "out").glob("*.wav"))
     assert len(files) == 1, out
     assert saved.name == files[0].name
-    data = files[0].read_bytes()
-    assert data[:3] == b"ID3" or (data[0] == 0xFF and data[1] & 0xE0 == 0xE0), data[:8]
-    assert mp3_duration_seconds(data) == pytest.approx(2.5, abs=0.15)
-    assert "content type audio/mpeg" in out and f"size {len(data)} bytes" in out
+    with wave.open(str(files[0]), "rb") as w:
+        assert (w.getframerate(), w.getsampwidth()) == (48000, 3)
+        seconds = w.getnframes() / w.getframerate()
+    assert 1.5 < seconds < 2.5  # the synth's leading and trailing silence trimmed off
+    samples, rate = soundfile.read(str(files[0]), dtype="float32", always_2d=True)
+    loudness = pyloudnorm.Meter(rate).integrated_loudness(samples)
+    assert loudness == pytest.approx(-16.0, abs=0.5)
+    match = re.search(r"loudness (-?\d+\.\d) LUFS, true peak (-?\d+\.\d) dBTP", out)
+    assert match, out
+    assert float(match.group(1)) == pytest.approx(loudness, abs=0.1) and float(match.group(2)) <= -1.0
+    assert "content type audio/wav" in out, out
 
 
-def test_demo_generates_a_wav_and_moves_off_a_taken_port(demo_dirs):
+def test_demo_generates_an_mp3_and_moves_off_a_taken_port(demo_dirs):
     cwd, instance = demo_dirs
     with socket.socket() as taken:  # the configured port is busy: the demo must pick another one
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        code, out = run_demo(cwd, instance, "--format", "wav", "--duration", "2", "--prompt", "laser zap",
-                             port=busy)
+        code, out = run_demo(cwd, instance, "--format", "mp3", "--duration", "2", "--prompt", "laser zap",
+                             "--no-trim", port=busy)
     assert_common(code, out, instance)
     assert f"port {busy} is taken; using free port" in out, out
 
-    files = list((cwd / "out").glob("*.wav"))
+    files = list((cwd / "out").glob("*.mp3"))
     assert len(files) == 1, out
-    with wave.open(str(files[0]), "rb") as w:
-        assert w.getnchannels() in (1, 2) and w.getsampwidth() == 2
-        assert w.getnframes() / w.getframerate() == pytest.approx(2.0, abs=0.05)
-    assert "content type audio/wav" in out or "content type audio/x-wav" in out, out
+    data = files[0].read_bytes()
+    assert data[:3] == b"ID3"
+    assert soundfile.info(str(files[0])).samplerate == 48000
+    assert mp3_duration_seconds(data) == pytest.approx(2.0, abs=0.15)
+    assert "content type audio/mpeg" in out, out

@@ -152,3 +152,11 @@ def test_output_format_names_parse_into_codec_rate_and_bitrate():
     assert parse_output_format("pcm_16000") == ("pcm", 16000, None)
     with pytest.raises(ValueError):
         parse_output_format("wav")
+
+
+@pytest.mark.parametrize("prompt", ["metal clang", "door slam", "laser zap"])
+def test_one_shots_have_leading_silence_and_a_tail_then_silence_for_trimming_to_show(prompt):
+    samples = _samples(SoundRequest(prompt, 2.0))
+    loud = [i for i, s in enumerate(samples) if abs(s) > 33]  # -60 dBFS
+    assert 0.1 * 44100 <= loud[0] <= 0.25 * 44100
+    assert len(samples) - loud[-1] >= 0.09 * 44100

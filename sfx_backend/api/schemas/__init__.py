@@ -1,7 +1,7 @@
 """Request and response schemas (marshmallow); they are also the OpenAPI description."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .text import Prompt, Text
 
@@ -95,14 +95,33 @@ class GenerateSchema(Schema):
     duration_seconds = fields.Float(load_default=None, allow_none=True, validate=validate.Range(0.5, 30),
                                     metadata={"description": "0.5 to 30; null lets the model choose."})
     prompt_influence = fields.Float(load_default=0.3, validate=validate.Range(0, 1))
-    loop = StrictBoolean(load_default=False)
-    output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav"]))
+    loop = StrictBoolean(load_default=False, metadata={
+        "description": "The file loops seamlessly: played end to start, the join has no click."})
+    output_format = fields.String(load_default="mp3", validate=validate.OneOf(
+        ["mp3", "wav", "flac"], error="Must be one of: mp3, wav, flac."))
+    sample_rate = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.OneOf(
+        [44100, 48000], error="We offer 44100 or 48000 Hz."), metadata={
+        "enum": [44100, 48000], "description": "Hz; null or absent: 44100."})
+    bit_depth = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.OneOf(
+        [16, 24], error="We offer 16 or 24 bits."), metadata={
+        "enum": [16, 24], "description": "wav and flac only; null or absent: 16."})
+    loudness_lufs = fields.Float(load_default=None, allow_none=True, validate=validate.Range(
+        -40, -6, error="Must be between -40 and -6 LUFS."), metadata={
+        "description": "Integrated loudness (ITU-R BS.1770) to normalise to, true peak kept at or under "
+                       "-1 dBTP; null leaves the level as made."})
+    trim_silence = StrictBoolean(load_default=False, metadata={
+        "description": "Remove leading and trailing audio below -60 dBFS, with fades of a few ms."})
     # Checked by the handler (api/jobs.py), which answers 422 `invalid_webhook_url` rather than validation_error.
     webhook_url = fields.Raw(load_default=None, allow_none=True, metadata={
         "type": "string", "format": "uri", "maxLength": 2000,
         "description": "http or https URL that receives the job's completion event (signed per Standard "
                        "Webhooks with the secret from `GET /user/webhook-secret`); see the `webhooks` section.",
         "example": "https://example.com/hooks/sfx"})
+
+    @validates_schema
+    def _bit_depth_needs_lossless(self, data, **kwargs):
+        if data.get("bit_depth") is not None and data.get("output_format") == "mp3":
+            raise ValidationError("bit_depth applies to wav and flac; MP3 has no bit depth.", "bit_depth")
 
 
 class JobErrorSchema(Schema):
@@ -115,6 +134,23 @@ class AudioSchema(Schema):
     expires_at = fields.DateTime()
     content_type = fields.String()
     size_bytes = fields.Integer(allow_none=True, metadata={"description": "Null when the store did not say."})
+    # Measured on the stored file; null for sounds stored before the service measured them.
+    duration_seconds = fields.Float(allow_none=True)
+    sample_rate = fields.Integer(allow_none=True)
+    channels = fields.Integer(allow_none=True)
+    bit_depth = fields.Integer(allow_none=True, metadata={"description": "Lossless files only (wav, flac)."})
+    loudness_lufs = fields.Float(allow_none=True, metadata={
+        "description": "Integrated loudness, ITU-R BS.1770; null for silence."})
+    true_peak_dbtp = fields.Float(allow_none=True, metadata={"description": "True peak, 4x oversampled."})
+    peaks_url = fields.String(allow_none=True, metadata={
+        "description": "`GET` it (with the bearer token) for the waveform overview: `/jobs/<id>/waveform`."})
+
+
+class WaveformSchema(Schema):
+    samples_per_peak = fields.Integer(required=True, metadata={"description": "Sample frames per pair."})
+    peaks = fields.List(fields.List(fields.Float(), validate=validate.Length(equal=2)), required=True, metadata={
+        "description": "About 1,000 [min, max] pairs of the raw sample values (-1..1, not normalised), "
+                       "all channels together."})
 
 
 class JobWebhookSchema(Schema):
@@ -136,6 +172,10 @@ class JobSchema(Schema):
     prompt_influence = fields.Float()
     loop = fields.Boolean()
     output_format = fields.String()
+    sample_rate = fields.Integer()
+    bit_depth = fields.Integer(allow_none=True, metadata={"description": "Null for mp3."})
+    loudness_lufs = fields.Float(allow_none=True, metadata={"description": "The loudness asked for, if any."})
+    trim_silence = fields.Boolean()
     provider = fields.String(allow_none=True, metadata={
         "description": "What made the audio: `elevenlabs` (AI), or `synth`, an offline procedural "
                        "placeholder for development that is not AI."})
