@@ -100,6 +100,23 @@ def test_a_wrong_password_shows_the_problems_detail_and_signs_nothing_in(browser
     assert browser.get_cookie("access_token_cookie") is None
     screenshot(browser, "sign-in-error")
 
+    # The keyboard alone: the page cleared the password and focused it; Enter submits.
+    from selenium.webdriver.common.keys import Keys
+    assert browser.switch_to.active_element == by_id(browser, "password")
+    browser.switch_to.active_element.send_keys(PASSWORD + Keys.ENTER)
+    wait(browser, lambda d: d.current_url == console_url + "/console/")
+
+    # A refused generation shows the API's problem detail and the field's message.
+    browser.get(console_url + "/console/generate")
+    by_id(browser, "prompt").send_keys("   ")
+    by_id(browser, "generate-button").click()
+    wait(browser, lambda d: by_id(d, "form-error").text != "")
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "   "}, headers=bearer(account),
+                            timeout=5).json()
+    assert refused["code"] == "validation_error"
+    assert by_id(browser, "form-error").text.startswith(refused["detail"])
+    assert "prompt" in by_id(browser, "form-error").text
+
 
 def test_a_producer_sees_usage_generates_listens_and_browses_history(browser, console_url):
     account = register(console_url)
