@@ -66,9 +66,12 @@ def screenshot(driver, name: str) -> None:
 
 
 @pytest.fixture
-def console_app(_migrated, database_url, tmp_path, encryption_key):
+def console_app(request, _migrated, database_url, tmp_path, encryption_key):
+    """`@pytest.mark.console_env(NAME="value")` adds settings to the app's environment."""
     port = free_port()
-    env = make_environ(database_url, tmp_path / "instance", encryption_key, API_BASE_URL=f"http://127.0.0.1:{port}")
+    marker = request.node.get_closest_marker("console_env")
+    env = make_environ(database_url, tmp_path / "instance", encryption_key, API_BASE_URL=f"http://127.0.0.1:{port}",
+                       **(marker.kwargs if marker else {}))
     for application in serve_app(env):
         application.extensions["sfx"].tasks = InlineJobs(application)
         application.config["CONSOLE_TEST_PORT"] = port

@@ -303,3 +303,33 @@ def test_the_home_view_reads_at_phone_width(console_url, tmp_path):
         assert_clean(phone, console_url)
     finally:
         phone.quit()
+
+
+@pytest.mark.console_env(REQUIRE_EMAIL_VERIFICATION="true")
+def test_sign_up_with_verification_on_asks_for_the_address_first(browser, console_url):
+    browser.get(console_url + "/console/")
+    wait(browser, lambda d: "/console/login" in d.current_url)
+    css(browser, "a[href^='/console/signup']")[0].click()
+    wait(browser, lambda d: "/console/signup" in d.current_url)
+    assert "confirm the address" in by_id(browser, "signup-form").text
+    email = f"signup-{uuid.uuid4().hex[:8]}@example.com"
+    by_id(browser, "email").send_keys(email)
+    by_id(browser, "password").send_keys(PASSWORD)
+    by_id(browser, "first_name").send_keys("Ada")
+    css(browser, "#signup-form button[type=submit]")[0].click()
+    wait(browser, lambda d: d.current_url == console_url + "/console/")
+    assert by_id(browser, "who-email").text == email
+    wait(browser, lambda d: by_id(d, "verify-banner").is_displayed())
+    by_id(browser, "resend-verification").click()
+    wait(browser, lambda d: "confirmation link" in by_id(d, "flash").text)
+    # Until then a generation is refused with the API's own words.
+    browser.get(console_url + "/console/generate")
+    by_id(browser, "prompt").send_keys("footsteps")
+    by_id(browser, "generate-button").click()
+    wait(browser, lambda d: by_id(d, "form-error").text != "")
+    token = requests.post(f"{console_url}/auth/login", json={"email": email, "password": PASSWORD},
+                          timeout=5).json()["access_token"]
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "footsteps"},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+    assert refused["code"] == "email_not_verified"
+    assert by_id(browser, "form-error").text == refused["detail"]
