@@ -21,9 +21,9 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 PRODUCER_PAGES = [("home", "/", "This period"), ("generate", "/generate", "Generate"),
                   ("history", "/history", "History"), ("sessions", "/sessions", "Sessions"),
                   ("billing", "/billing", "Billing"), ("device", "/device", "Device")]
-TITLES = {"device": "Approve a device"}  # where the heading says more than the menu
+TITLES = {"device": "Approve a device", "admin_usage": "Usage and revenue"}  # where the heading says more than the menu
 ADMIN_PAGES = [("admin_keys", "/admin/keys", "Key pool"), ("admin_jobs", "/admin/jobs", "Jobs"),
-               ("admin_usage", "/admin/usage", "Usage and revenue"), ("admin_users", "/admin/users", "Users")]
+               ("admin_usage", "/admin/usage", "Usage"), ("admin_users", "/admin/users", "Users")]
 
 
 def _origin(url: str | None) -> str | None:

@@ -333,3 +333,26 @@ def test_sign_up_with_verification_on_asks_for_the_address_first(browser, consol
                             headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
     assert refused["code"] == "email_not_verified"
     assert by_id(browser, "form-error").text == refused["detail"]
+
+
+@pytest.mark.console_env(JWT_EXPIRES_IN="2")
+def test_an_expired_access_cookie_is_renewed_from_the_refresh_cookie_without_signing_in_again(browser, console_url):
+    import time
+
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], path="/console/sessions")
+    wait(browser, lambda d: len(css(d, "#sessions-table tbody tr")) == 2)
+    first = browser.get_cookie("access_token_cookie")["value"]
+    time.sleep(3)
+    # An API call from the open page: 401, the page refreshes the cookies, and the call goes through.
+    answer = browser.execute_async_script(
+        "var done = arguments[arguments.length - 1];"
+        "document.querySelector('#sessions-table tbody tr:last-child button').click();"
+        "setTimeout(function () { done(document.getElementById('flash').textContent); }, 1500);")
+    assert answer.startswith("Session ended"), answer
+    assert browser.get_cookie("access_token_cookie")["value"] != first
+    assert requests.get(f"{console_url}/auth/verify", headers=bearer(account), timeout=5).status_code == 401
+    # Opening a page with an expired cookie: through the sign-in page and straight back, no form filled.
+    time.sleep(3)
+    browser.get(console_url + "/console/history")
+    wait(browser, lambda d: d.current_url == console_url + "/console/history" and len(css(d, "#history-summary")) == 1)
