@@ -356,3 +356,21 @@ def test_an_expired_access_cookie_is_renewed_from_the_refresh_cookie_without_sig
     time.sleep(3)
     browser.get(console_url + "/console/history")
     wait(browser, lambda d: d.current_url == console_url + "/console/history" and len(css(d, "#history-summary")) == 1)
+
+
+@pytest.mark.console_stripe
+def test_billing_buttons_open_stripe_checkout_and_the_portal(browser, console_url, fake_stripe):
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], path="/console/billing")
+    wait(browser, lambda d: len(css(d, "#plans button[data-plan]")) == 3)
+    css(browser, "#plans button[data-plan=pro]")[0].click()
+    wait(browser, lambda d: d.current_url.startswith(fake_stripe.url + "/pay/"))
+    session_id = browser.current_url.rsplit("/", 1)[1]
+    session = fake_stripe.sessions[session_id]
+    assert session["success_url"] == console_url + "/console/billing?checkout=done"
+    assert session["cancel_url"] == console_url + "/console/billing"
+    fake_stripe.complete_checkout(session_id)
+    browser.get(console_url + "/console/billing?checkout=done")
+    wait(browser, lambda d: by_id(d, "sub-line").text not in ("", "…"))
+    by_id(browser, "portal-button").click()
+    wait(browser, lambda d: d.current_url.startswith(fake_stripe.url + "/portal/"))
