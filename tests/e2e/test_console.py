@@ -229,8 +229,20 @@ def test_an_admin_sees_the_key_pool_and_disables_a_key(browser, console_url):
         browser.get(f"{console_url}/console/admin/{view}")
         wait(browser, lambda d, ready=ready: by_id(d, ready).get_attribute("data-rendered") == "1")
         screenshot(browser, f"admin-{view}")
+    producer = register(console_url)
     browser.get(console_url + "/console/admin/users")
-    wait(browser, lambda d: len(css(d, "#users-table tbody tr")) >= 1 and len(css(d, "#audit-table tbody tr")) >= 1)
+    wait(browser, lambda d: len(css(d, "#users-table tbody tr")) == 2 and len(css(d, "#audit-table tbody tr")) >= 1)
+    # Suspend the producer: the row says so, the API refuses their generations, the audit trail has it.
+    from selenium.webdriver.support.ui import Select
+    row = css(browser, f"#users-table tr[data-user='{producer['email']}']")[0]
+    Select(row.find_element("css selector", "select")).select_by_value("suspended")
+    row.find_element("css selector", "button").click()
+    wait(browser, lambda d: d.execute_script(
+        "var r = document.querySelector(arguments[0]); return r && r.querySelector('.user-status').textContent",
+        f"#users-table tr[data-user='{producer['email']}']") == "suspended")
+    wait(browser, lambda d: "user.status_changed" in by_id(d, "audit-table").text)
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "x"}, headers=bearer(producer), timeout=5)
+    assert refused.status_code == 403 and refused.json()["code"] == "account_suspended"
     screenshot(browser, "admin-users")
     assert_clean(browser, console_url)
 
