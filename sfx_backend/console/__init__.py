@@ -21,8 +21,9 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 PRODUCER_PAGES = [("home", "/", "This period"), ("generate", "/generate", "Generate"),
                   ("history", "/history", "History"), ("sessions", "/sessions", "Sessions"),
                   ("billing", "/billing", "Billing"), ("device", "/device", "Device")]
+TITLES = {"device": "Approve a device", "admin_usage": "Usage and revenue"}  # where the heading says more than the menu
 ADMIN_PAGES = [("admin_keys", "/admin/keys", "Key pool"), ("admin_jobs", "/admin/jobs", "Jobs"),
-               ("admin_usage", "/admin/usage", "Usage and revenue"), ("admin_users", "/admin/users", "Users")]
+               ("admin_usage", "/admin/usage", "Usage"), ("admin_users", "/admin/users", "Users")]
 
 
 def _origin(url: str | None) -> str | None:
@@ -131,7 +132,7 @@ def _waiting_device(code: str | None):
 def _register_pages() -> None:
     for name, path, title in PRODUCER_PAGES + ADMIN_PAGES:
         def view(name=name, title=title):
-            return _page(name, title, admin=name.startswith("admin_"))
+            return _page(name, TITLES.get(name, title), admin=name.startswith("admin_"))
         bp.add_url_rule(path, endpoint=name, view_func=view, methods=["GET"])
 
 

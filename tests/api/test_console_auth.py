@@ -3,6 +3,7 @@ bearer API exactly as before (a request with the header never needs CSRF)."""
 from __future__ import annotations
 
 import uuid
+from html.parser import HTMLParser
 
 import jwt as pyjwt
 import pytest
@@ -173,3 +174,70 @@ def test_admin_jobs_overview_counts_by_hour_and_status(client, user):
 
 def test_admin_jobs_overview_is_for_admins(user):
     assert user.get("/admin/jobs/overview").status_code == 403
+
+
+def test_the_generate_form_offers_exactly_the_options_the_generate_schema_takes(client, user, monkeypatch):
+    from marshmallow import fields, validate
+
+    from sfx_backend.api import schemas
+
+    _sign_in(client, user.email)
+    today = client.get("/console/generate").get_data(as_text=True)
+    assert 'id="prompt"' in today and 'value="mp3"' in today and 'value="wav"' in today
+    assert 'id="sample_rate"' not in today and 'id="trim_silence"' not in today and 'value="flac"' not in today
+
+    class WithAudioOptions(schemas.GenerateSchema):
+        output_format = fields.String(load_default="mp3", validate=validate.OneOf(["mp3", "wav", "flac"]))
+        sample_rate = fields.Integer(load_default=None, validate=validate.OneOf([44100, 48000]))
+        bit_depth = fields.Integer(load_default=None, validate=validate.OneOf([16, 24]))
+        loudness_lufs = fields.Float(load_default=None, allow_none=True)
+        trim_silence = fields.Boolean(load_default=False)
+    monkeypatch.setattr(schemas, "GenerateSchema", WithAudioOptions)
+    offered = client.get("/console/generate").get_data(as_text=True)
+    for control in ('value="flac"', 'id="sample_rate"', 'value="48000"', 'id="bit_depth"', 'value="24"',
+                    'id="loudness_lufs"', 'id="trim_silence"'):
+        assert control in offered, control
+    assert _unlabelled(offered) == []
+
+
+class _Fields(HTMLParser):
+    """The form fields of a page, and whether each has a label (`<label for>` or a wrapping `<label>`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[tuple[str, bool]] = []
+        self.label_for: set[str] = set()
+        self.in_label = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "label":
+            self.in_label += 1
+            if attrs.get("for"):
+                self.label_for.add(attrs["for"])
+        elif tag in ("input", "select", "textarea") and attrs.get("type") != "hidden":
+            self.fields.append((attrs.get("id") or attrs.get("name") or tag, self.in_label > 0))
+
+    def handle_endtag(self, tag):
+        if tag == "label":
+            self.in_label -= 1
+
+
+def _unlabelled(html: str) -> list[str]:
+    parser = _Fields()
+    parser.feed(html)
+    return [name for name, wrapped in parser.fields if not wrapped and name not in parser.label_for]
+
+
+def test_every_field_of_every_page_has_a_label(client, user):
+    pages = ["/console/login", "/console/signup"]
+    for page in pages:
+        assert _unlabelled(client.get(page).get_data(as_text=True)) == [], page
+    db.session.query(User).filter_by(id=uuid.UUID(user.id)).update({"role": UserRole.ADMIN})
+    db.session.commit()
+    _sign_in(client, user.email)
+    for page in ("/console/", "/console/generate", "/console/history", "/console/sessions", "/console/billing",
+                 "/console/device", "/console/admin/keys", "/console/admin/jobs", "/console/admin/usage",
+                 "/console/admin/users"):
+        html = client.get(page).get_data(as_text=True)
+        assert "<main" in html and _unlabelled(html) == [], page

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_environ, serve_app
+from tests.support.billing import STRIPE_ENV, fake_stripe, localstripe_url, stripe_server  # noqa: F401 - fixtures
 from tests.support.inline_jobs import InlineJobs
 from tests.support.pipeline import free_port
 
@@ -66,9 +67,15 @@ def screenshot(driver, name: str) -> None:
 
 
 @pytest.fixture
-def console_app(_migrated, database_url, tmp_path, encryption_key):
+def console_app(request, _migrated, database_url, tmp_path, encryption_key):
+    """`@pytest.mark.console_env(NAME="value")` adds settings to the app's environment;
+    `@pytest.mark.console_stripe` points its billing at the fake Stripe."""
     port = free_port()
-    env = make_environ(database_url, tmp_path / "instance", encryption_key, API_BASE_URL=f"http://127.0.0.1:{port}")
+    marker = request.node.get_closest_marker("console_env")
+    env = make_environ(database_url, tmp_path / "instance", encryption_key, API_BASE_URL=f"http://127.0.0.1:{port}",
+                       **(marker.kwargs if marker else {}))
+    if request.node.get_closest_marker("console_stripe"):  # billing against the fake Stripe
+        env.update(STRIPE_ENV, STRIPE_API_BASE=request.getfixturevalue("fake_stripe").url)
     for application in serve_app(env):
         application.extensions["sfx"].tasks = InlineJobs(application)
         application.config["CONSOLE_TEST_PORT"] = port

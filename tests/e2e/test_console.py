@@ -100,6 +100,23 @@ def test_a_wrong_password_shows_the_problems_detail_and_signs_nothing_in(browser
     assert browser.get_cookie("access_token_cookie") is None
     screenshot(browser, "sign-in-error")
 
+    # The keyboard alone: the page cleared the password and focused it; Enter submits.
+    from selenium.webdriver.common.keys import Keys
+    assert browser.switch_to.active_element == by_id(browser, "password")
+    browser.switch_to.active_element.send_keys(PASSWORD + Keys.ENTER)
+    wait(browser, lambda d: d.current_url == console_url + "/console/")
+
+    # A refused generation shows the API's problem detail and the field's message.
+    browser.get(console_url + "/console/generate")
+    by_id(browser, "prompt").send_keys("   ")
+    by_id(browser, "generate-button").click()
+    wait(browser, lambda d: by_id(d, "form-error").text != "")
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "   "}, headers=bearer(account),
+                            timeout=5).json()
+    assert refused["code"] == "validation_error"
+    assert by_id(browser, "form-error").text.startswith(refused["detail"])
+    assert "prompt" in by_id(browser, "form-error").text
+
 
 def test_a_producer_sees_usage_generates_listens_and_browses_history(browser, console_url):
     account = register(console_url)
@@ -212,8 +229,20 @@ def test_an_admin_sees_the_key_pool_and_disables_a_key(browser, console_url):
         browser.get(f"{console_url}/console/admin/{view}")
         wait(browser, lambda d, ready=ready: by_id(d, ready).get_attribute("data-rendered") == "1")
         screenshot(browser, f"admin-{view}")
+    producer = register(console_url)
     browser.get(console_url + "/console/admin/users")
-    wait(browser, lambda d: len(css(d, "#users-table tbody tr")) >= 1 and len(css(d, "#audit-table tbody tr")) >= 1)
+    wait(browser, lambda d: len(css(d, "#users-table tbody tr")) == 2 and len(css(d, "#audit-table tbody tr")) >= 1)
+    # Suspend the producer: the row says so, the API refuses their generations, the audit trail has it.
+    from selenium.webdriver.support.ui import Select
+    row = css(browser, f"#users-table tr[data-user='{producer['email']}']")[0]
+    Select(row.find_element("css selector", "select")).select_by_value("suspended")
+    row.find_element("css selector", "button").click()
+    wait(browser, lambda d: d.execute_script(
+        "var r = document.querySelector(arguments[0]); return r && r.querySelector('.user-status').textContent",
+        f"#users-table tr[data-user='{producer['email']}']") == "suspended")
+    wait(browser, lambda d: "user.status_changed" in by_id(d, "audit-table").text)
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "x"}, headers=bearer(producer), timeout=5)
+    assert refused.status_code == 403 and refused.json()["code"] == "account_suspended"
     screenshot(browser, "admin-users")
     assert_clean(browser, console_url)
 
@@ -286,3 +315,74 @@ def test_the_home_view_reads_at_phone_width(console_url, tmp_path):
         assert_clean(phone, console_url)
     finally:
         phone.quit()
+
+
+@pytest.mark.console_env(REQUIRE_EMAIL_VERIFICATION="true")
+def test_sign_up_with_verification_on_asks_for_the_address_first(browser, console_url):
+    browser.get(console_url + "/console/")
+    wait(browser, lambda d: "/console/login" in d.current_url)
+    css(browser, "a[href^='/console/signup']")[0].click()
+    wait(browser, lambda d: "/console/signup" in d.current_url)
+    assert "confirm the address" in by_id(browser, "signup-form").text
+    email = f"signup-{uuid.uuid4().hex[:8]}@example.com"
+    by_id(browser, "email").send_keys(email)
+    by_id(browser, "password").send_keys(PASSWORD)
+    by_id(browser, "first_name").send_keys("Ada")
+    css(browser, "#signup-form button[type=submit]")[0].click()
+    wait(browser, lambda d: d.current_url == console_url + "/console/")
+    assert by_id(browser, "who-email").text == email
+    wait(browser, lambda d: by_id(d, "verify-banner").is_displayed())
+    by_id(browser, "resend-verification").click()
+    wait(browser, lambda d: "confirmation link" in by_id(d, "flash").text)
+    # Until then a generation is refused with the API's own words.
+    browser.get(console_url + "/console/generate")
+    by_id(browser, "prompt").send_keys("footsteps")
+    by_id(browser, "generate-button").click()
+    wait(browser, lambda d: by_id(d, "form-error").text != "")
+    token = requests.post(f"{console_url}/auth/login", json={"email": email, "password": PASSWORD},
+                          timeout=5).json()["access_token"]
+    refused = requests.post(f"{console_url}/usage/generate", json={"prompt": "footsteps"},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+    assert refused["code"] == "email_not_verified"
+    assert by_id(browser, "form-error").text == refused["detail"]
+
+
+@pytest.mark.console_env(JWT_EXPIRES_IN="2")
+def test_an_expired_access_cookie_is_renewed_from_the_refresh_cookie_without_signing_in_again(browser, console_url):
+    import time
+
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], path="/console/sessions")
+    wait(browser, lambda d: len(css(d, "#sessions-table tbody tr")) == 2)
+    first = browser.get_cookie("access_token_cookie")["value"]
+    time.sleep(3)
+    # An API call from the open page: 401, the page refreshes the cookies, and the call goes through.
+    answer = browser.execute_async_script(
+        "var done = arguments[arguments.length - 1];"
+        "document.querySelector('#sessions-table tbody tr:last-child button').click();"
+        "setTimeout(function () { done(document.getElementById('flash').textContent); }, 1500);")
+    assert answer.startswith("Session ended"), answer
+    assert browser.get_cookie("access_token_cookie")["value"] != first
+    assert requests.get(f"{console_url}/auth/verify", headers=bearer(account), timeout=5).status_code == 401
+    # Opening a page with an expired cookie: through the sign-in page and straight back, no form filled.
+    time.sleep(3)
+    browser.get(console_url + "/console/history")
+    wait(browser, lambda d: d.current_url == console_url + "/console/history" and len(css(d, "#history-summary")) == 1)
+
+
+@pytest.mark.console_stripe
+def test_billing_buttons_open_stripe_checkout_and_the_portal(browser, console_url, fake_stripe):
+    account = register(console_url)
+    sign_in(browser, console_url, account["email"], path="/console/billing")
+    wait(browser, lambda d: len(css(d, "#plans button[data-plan]")) == 3)
+    css(browser, "#plans button[data-plan=pro]")[0].click()
+    wait(browser, lambda d: d.current_url.startswith(fake_stripe.url + "/pay/"))
+    session_id = browser.current_url.rsplit("/", 1)[1]
+    session = fake_stripe.sessions[session_id]
+    assert session["success_url"] == console_url + "/console/billing?checkout=done"
+    assert session["cancel_url"] == console_url + "/console/billing"
+    fake_stripe.complete_checkout(session_id)
+    browser.get(console_url + "/console/billing?checkout=done")
+    wait(browser, lambda d: by_id(d, "sub-line").text not in ("", "…"))
+    by_id(browser, "portal-button").click()
+    wait(browser, lambda d: d.current_url.startswith(fake_stripe.url + "/portal/"))

@@ -193,7 +193,8 @@
       var canvas = el("canvas", {"class": "waveform", "aria-hidden": "true", hidden: ""});
       box.appendChild(canvas);
       if (job.audio.peaks_url) {
-        api("GET", "/jobs/" + job.id + "/waveform").then(function (wave) {
+        // peaks_url is this API's GET /jobs/<id>/waveform; a 404 (no peaks stored) just leaves it out.
+        api("GET", job.audio.peaks_url).then(function (wave) {
           canvas.hidden = false; drawWaveform(canvas, wave.peaks || []);
         }).catch(function () { canvas.remove(); });
       }
