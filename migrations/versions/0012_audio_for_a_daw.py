@@ -6,13 +6,13 @@ jobs exist (their stored objects are FLAC; no older schema can describe them). S
 text with no CHECK constraint.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
