@@ -74,6 +74,8 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
     app.extensions["sfx"].storage.put(key, b"ID3 audio", "audio/mpeg")
     job.status, job.storage_key, job.content_type, job.quota_state = (JobStatus.SUCCEEDED, key, "audio/mpeg",
                                                                       QuotaState.SETTLED)
+    job.peaks_key = f"audio/{owner.id}/{job_id}.peaks.json"
+    app.extensions["sfx"].storage.put(job.peaks_key, b'{"samples_per_peak": 1, "peaks": [[0, 0]]}', "application/json")
     db.session.commit()
 
     session_id = pyjwt.decode(owner.access_token, options={"verify_signature": False})["sid"]
@@ -88,7 +90,7 @@ def test_another_users_id_is_a_404_on_every_id_route(app, client, make_user):
                                   ids[argument]))
     assert {path for _, path, _ in id_routes} == {f"/jobs/{job_id}", f"/jobs/{job_id}/audio",
                                                   f"/jobs/{job_id}/cancel", f"/jobs/{job_id}/events",
-                                                  f"/jobs/{job_id}/webhook-deliveries",
+                                                  f"/jobs/{job_id}/webhook-deliveries", f"/jobs/{job_id}/waveform",
                                                   f"/auth/sessions/{session_id}"}
     # Ending the owner's session ends its token too: that route goes last.
     for method, path, the_id in sorted(id_routes, key=lambda route: route[2] == session_id):
