@@ -409,10 +409,13 @@ class GenerationRunner(SpooledUploads, AudioProcessing):
         job.status = JobStatus.SUCCEEDED
         job.storage_key, job.content_type, job.size_bytes = object_key, audio.content_type, len(audio.data)
         self._record_measurement(job, audio, object_key)
-        job.finished_at, job.lease_until, job.queue_reason = now, None, None
+        # Stamped last, just before the commit that makes it true: a waiting client measures its wake-up
+        # from here, and the settling above (slot, row lock, quota, usage, hooks) is not part of it.
+        finished = self.clock()
+        job.finished_at, job.lease_until, job.queue_reason = finished, None, None
         job.error_code = job.error_message = None
         for hook in self.on_finished:
-            hook(self.session, job, now)
+            hook(self.session, job, finished)
         self.session.commit()
         if key is not None:
             slot_freed.notify()
@@ -469,9 +472,10 @@ class GenerationRunner(SpooledUploads, AudioProcessing):
                 influence_level=job.prompt_influence, success=False, cost_cents=0, error_code=code,
                 upstream_credits=upstream_credits, created_at=now))
         job.status, job.error_code, job.error_message = JobStatus.FAILED, code, message
-        job.finished_at, job.lease_until, job.queue_reason = now, None, None
+        finished = self.clock()  # as in _finish_stored: the moment just before the commit
+        job.finished_at, job.lease_until, job.queue_reason = finished, None, None
         for hook in self.on_finished:
-            hook(self.session, job, now)
+            hook(self.session, job, finished)
         self.session.commit()
         metrics.job_finished(job)
         log.warning("job failed", extra={"event": "job_failed", "job_id": str(job.id), "code": code,
