@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # The suite runs in this many pytest-xdist processes; each has its own PostgreSQL database and Redis number
 # (tests/conftest.py). Most of its time is spent waiting on started processes, not on the CPU.
-TEST_PROCESSES ?= 2
+TEST_PROCESSES ?= 3
 # Every package, to the hash, comes from a lock file: a fresh clone installs exactly what CI tested.
 # requirements/dev.lock: the app, tests, linter and bench (make demo, make test, CI);
 # requirements/runtime.lock: the app alone (the Docker image). `make lock` refreshes both.
