@@ -173,13 +173,14 @@ def test_waiters_hold_no_database_connection_while_they_sleep(base):
     streams = [Background(lambda: requests.get(f"{base}/jobs/{job_id}/events", headers=headers, stream=True,
                                                timeout=10)) for _ in range(3)]
     time.sleep(1.5)
-    # Sampled over a second: a waiter's re-read may hold a connection for an instant (the embedded mode
-    # re-reads every 250 ms), but fifteen sleeping waiters that kept theirs would show fifteen throughout.
+    # Sampled over a second: re-reads hold a connection for an instant (the embedded mode re-reads every
+    # 250 ms, and a loaded host stretches that instant), but fifteen sleeping waiters that kept theirs
+    # would hold fifteen throughout: some moment must show none held.
     samples = []
     for _ in range(20):
         samples.append(db.engine.pool.checkedout())
         time.sleep(0.05)
-    assert min(samples) == 0 and max(samples) <= 2, samples
+    assert min(samples) == 0 and max(samples) < 15, samples
     for waiter in waiters:
         assert waiter.result().json()["status"] == "queued"
     for stream in streams:
